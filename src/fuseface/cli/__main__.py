@@ -1,0 +1,3 @@
+from fuseface.cli.main import main
+
+main()

@@ -1,0 +1,105 @@
+"""The fuseface model file: weights in safetensors with everything needed to rebuild and feed
+the model stored as metadata beside them.
+
+Metadata keys (all strings, as safetensors requires):
+
+* ``fuseface_format``: ``"1"``;
+* ``arch``: a registered backbone name (``ir50``, ``msnet50``, ``adaface_ir101`` ...);
+* ``arch_kwargs``: JSON of the keyword arguments for :func:`fuseface.create_backbone`;
+* ``channel_order``: ``"rgb"`` or ``"bgr"``, the order the network was trained on;
+* ``input_size``: side of the square aligned crop (112);
+* ``extra``: free JSON (training run, source checkpoint, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fuseface.errors import CheckpointError
+
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class ModelMeta:
+    """What a model file says about its network."""
+
+    arch: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    channel_order: str = "rgb"
+    input_size: int = 112
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_strings(self) -> dict[str, str]:
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        return {
+            "fuseface_format": FORMAT_VERSION,
+            "arch": self.arch,
+            "arch_kwargs": json.dumps(self.arch_kwargs, sort_keys=True),
+            "channel_order": self.channel_order,
+            "input_size": str(self.input_size),
+            "extra": json.dumps(self.extra, sort_keys=True, default=str),
+        }
+
+    @classmethod
+    def from_strings(cls, meta: dict[str, str], path: str | Path) -> ModelMeta:
+        if meta.get("fuseface_format") != FORMAT_VERSION or "arch" not in meta:
+            raise CheckpointError(f"{path}: not a fuseface model file (metadata {sorted(meta)})")
+        return cls(
+            arch=meta["arch"],
+            arch_kwargs=json.loads(meta.get("arch_kwargs", "{}")),
+            channel_order=meta.get("channel_order", "rgb"),
+            input_size=int(meta.get("input_size", "112")),
+            extra=json.loads(meta.get("extra", "{}")),
+        )
+
+
+def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
+    """Write ``model``'s state dict and ``meta`` to ``path`` atomically (temp file, rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta.to_strings())
+    tmp.replace(path)
+    return path
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+    """Read the tensors and metadata of a model file, with a clear error when it is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = ModelMeta.from_strings(dict(f.metadata() or {}), path)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: cannot read model file ({exc})") from exc
+    return tensors, meta
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the network named in the file, load its weights strictly, return it in eval mode."""
+    import fuseface
+
+    tensors, meta = read_model_file(path)
+    model = fuseface.create_backbone(meta.arch, **meta.arch_kwargs)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match {meta.arch} {meta.arch_kwargs}: {exc}") from exc
+    return model.to(device).eval(), meta

@@ -1,0 +1,47 @@
+"""Shared fixtures.
+
+Real data lives in ``../shared/data`` beside the project (never copied into it). Tests that need
+it use the ``shared_data`` fixture: they skip when it is absent, and fail instead when
+``FUSEFACE_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("FUSEFACE_SHARED_DATA")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
+
+
+def require_or_skip(condition: bool, reason: str, env_var: str) -> None:
+    """Skip when ``condition`` is false, unless ``env_var=1`` makes the absence a failure."""
+    if condition:
+        return
+    if os.environ.get(env_var) == "1":
+        pytest.fail(f"{reason} (required because {env_var}=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ``../shared/data``; skips (or fails under CI) when it is missing."""
+    root = _shared_data_dir()
+    require_or_skip((root / "lfw").is_dir(), f"shared data not found at {root}", "FUSEFACE_REQUIRE_SHARED_DATA")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Seed every test and keep torch to the 2 cores the machines have."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield

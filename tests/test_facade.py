@@ -1,0 +1,54 @@
+"""The public facade and the registry: lazy, side-effect free, keyword variants."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import fuseface
+from fuseface import registry
+
+
+def test_import_is_lazy_and_side_effect_free() -> None:
+    code = (
+        "import sys, fuseface, fuseface.registry;"
+        "heavy = [m for m in ('torch', 'numpy', 'cv2', 'sklearn', 'typer') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    assert out.stderr == ""
+
+
+def test_every_registered_target_resolves() -> None:
+    # Every entry of the built-in tables must point at a real attribute: a typo in a module
+    # path would otherwise only surface when a user asks for that part.
+    for kind in registry.KINDS:
+        for name in registry.names(kind):
+            assert callable(registry.resolve(kind, name)), (kind, name)
+
+
+def test_register_decorator_and_unknown_kind() -> None:
+    @registry.register("backbone", "tiny_test_net")
+    def tiny_test_net(**kw):  # pragma: no cover - only resolved
+        return kw
+
+    try:
+        assert fuseface.create_backbone("tiny_test_net", a=1) == {"a": 1}
+        assert "tiny_test_net" in fuseface.list_models("tiny*")
+    finally:
+        registry._ENTRIES["backbone"].pop("tiny_test_net")
+    with pytest.raises(ValueError, match="unknown registry kind"):
+        registry.names("nope")
+
+
+def test_cli_lists_command_groups() -> None:
+    from typer.testing import CliRunner
+
+    from fuseface.cli.main import build_app
+
+    result = CliRunner().invoke(build_app(), ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "version" in result.output

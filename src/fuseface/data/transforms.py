@@ -1,0 +1,453 @@
+"""Training transforms on uint8 H x W x 3 arrays (cv2 / numpy only, no torchvision).
+
+Conventions:
+
+* A transform receives the image **in the channel order the dataset produced** (``rgb`` by
+  default) and never reorders channels; ``channel_order`` only tells colour operations which
+  channel is which (saturation jitter uses the ITU-R 601 grey weights).
+* Randomness comes from an explicit ``np.random.Generator``. :func:`sample_rng` gives the one the
+  datasets pass per sample: derived from the DataLoader's per-epoch base seed and the sample
+  index, so the augmentation of sample ``i`` depends on ``torch.manual_seed`` and ``i`` only, not
+  on the number of workers or which worker loads it.
+* Normalisation is insightface / AdaFace's ``(x / 255 - 0.5) / 0.5`` (METHODS.md §1.1, §1.3).
+
+The AdaFace low-quality augmentations follow AdaFace ``dataset/augmenter.py`` (METHODS.md §1.3):
+each of crop, low resolution and photometric is applied independently with its probability
+(0.2 each by default), in that order, then the horizontal flip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from fuseface.data.images import check_channel_order
+
+#: ArcFace 5-point template of the 112 x 112 aligned crop (insightface ``utils/face_align.py``
+#: ``arcface_dst``): left eye, right eye, nose tip, left mouth corner, right mouth corner (x, y).
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+# The five interpolations AdaFace draws from for each of the two resizes of the low-res round trip.
+LOWRES_INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
+
+Transform = Callable[[np.ndarray, np.random.Generator], Any]
+
+
+# --------------------------------------------------------------------------------------------
+# basic operations
+# --------------------------------------------------------------------------------------------
+
+
+def hflip(image: np.ndarray) -> np.ndarray:
+    """Mirror an H x W (x C) array left-right (a contiguous copy)."""
+    return np.ascontiguousarray(image[:, ::-1])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x C (or H x W) array -> float32 tensor C x H x W with the raw 0..255 values.
+
+    Unlike torchvision's ``ToTensor`` this does not divide by 255: :func:`normalize` does the
+    whole ``(x / 255 - 0.5) / 0.5`` so the two compose to insightface's input.
+    """
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
+
+
+def normalize(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """``(x / 255 - 0.5) / 0.5``: maps 0..255 to -1..1 (tensor or array, same type out)."""
+    if isinstance(x, torch.Tensor):
+        return (x.float() / 255.0 - 0.5) / 0.5
+    return ((np.asarray(x, dtype=np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
+def to_normalized_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x C -> normalised float tensor C x H x W (the datasets' default output)."""
+    out = normalize(to_tensor(image))
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+def sample_rng(index: int) -> np.random.Generator:
+    """The generator a dataset uses for sample ``index`` in the current epoch.
+
+    In a DataLoader worker, the seed is ``(base_seed, index)`` where ``base_seed`` is the
+    DataLoader's per-epoch seed (``worker_info.seed - worker_info.id``), so results do not depend
+    on the worker count. In the main process (``num_workers=0``) a fresh base seed is drawn from
+    torch's global generator, so ``torch.manual_seed`` makes a run reproducible.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        base = int(info.seed - info.id)
+    else:
+        base = int(torch.randint(0, 2**62, (1,)).item())
+    return np.random.default_rng([base % 2**63, int(index)])
+
+
+def _rgb_weights(channel_order: str) -> np.ndarray:
+    w = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's "L" conversion
+    return w if channel_order == "rgb" else w[::-1].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# AdaFace low-quality augmentation
+# --------------------------------------------------------------------------------------------
+
+
+def random_resized_crop_params(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a random crop, with torchvision ``RandomResizedCrop.get_params`` semantics.
+
+    Ten tries of (area fraction ~ U(scale), log aspect ~ U(log ratio)); if none fits, the central
+    crop with the aspect clamped to ``ratio``.
+    """
+    area = height * width
+    log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = float(np.exp(rng.uniform(log_ratio[0], log_ratio[1])))
+        w = round(np.sqrt(target_area * aspect))
+        h = round(np.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def crop_on_zero_canvas(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """AdaFace crop augmentation: keep a random crop (scale 0.2-1) at its place, zero elsewhere.
+
+    Nothing is resized: AdaFace uses only ``RandomResizedCrop.get_params`` and pastes the crop
+    back at its location on a black canvas. Returns the image and ``min(h, w) / max(H, W)``
+    (AdaFace's ``crop_ratio``).
+    """
+    height, width = image.shape[:2]
+    top, left, h, w = random_resized_crop_params(height, width, rng)
+    out = np.zeros_like(image)
+    out[top : top + h, left : left + w] = image[top : top + h, left : left + w]
+    return out, min(h, w) / max(height, width)
+
+
+def low_resolution(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """AdaFace low-resolution round trip: shrink to a square of side ``int(r * H)``, r ~ U(0.2, 1),
+    with a random cv2 interpolation, then resize back to H x W with another random one.
+
+    Returns the image and ``r``.
+    """
+    height, width = image.shape[:2]
+    side_ratio = float(rng.uniform(0.2, 1.0))
+    small_side = max(1, int(side_ratio * height))
+    down = LOWRES_INTERPOLATIONS[int(rng.integers(len(LOWRES_INTERPOLATIONS)))]
+    small = cv2.resize(image, (small_side, small_side), interpolation=down)
+    up = LOWRES_INTERPOLATIONS[int(rng.integers(len(LOWRES_INTERPOLATIONS)))]
+    out = cv2.resize(small, (width, height), interpolation=up)
+    return out.reshape(image.shape), side_ratio
+
+
+def color_jitter(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    brightness: float = 0.5,
+    contrast: float = 0.5,
+    saturation: float = 0.5,
+    channel_order: str = "rgb",
+) -> np.ndarray:
+    """torchvision ``ColorJitter(b, c, s, hue=0)`` semantics on a uint8 H x W x 3 array.
+
+    Each factor ~ U(1 - x, 1 + x), applied in a random order; the result is rounded to uint8 after
+    every step (as torchvision does on PIL images). Brightness scales towards black, contrast
+    blends with the mean grey level, saturation blends with the grey image.
+    """
+    weights = _rgb_weights(channel_order)
+    factors = {
+        "brightness": rng.uniform(1 - brightness, 1 + brightness),
+        "contrast": rng.uniform(1 - contrast, 1 + contrast),
+        "saturation": rng.uniform(1 - saturation, 1 + saturation),
+    }
+    order = rng.permutation(3)
+    out = image.astype(np.float32)
+    for op in order:
+        name = ("brightness", "contrast", "saturation")[int(op)]
+        f = float(factors[name])
+        if name == "brightness":
+            out = out * f
+        elif name == "contrast":
+            grey_mean = float((out @ weights).mean())
+            out = f * out + (1 - f) * grey_mean
+        else:
+            grey = (out @ weights)[:, :, None]
+            out = f * out + (1 - f) * grey
+        out = np.clip(np.rint(out), 0, 255)
+    return out.astype(np.uint8)
+
+
+@dataclass
+class AdaFaceAugment:
+    """AdaFace's three low-quality augmentations, each applied with its own probability.
+
+    Order and semantics from AdaFace ``dataset/augmenter.py`` (METHODS.md §1.3): crop pasted on a
+    zero canvas (``crop_p``), low-resolution round trip (``lowres_p``), photometric jitter
+    0.5 / 0.5 / 0.5, hue 0 (``photo_p``). ``__call__(image, rng=None)`` returns the augmented
+    uint8 array; with ``rng=None`` the internal generator seeded by ``seed`` is used.
+    """
+
+    crop_p: float = 0.2
+    lowres_p: float = 0.2
+    photo_p: float = 0.2
+    seed: int | None = None
+    channel_order: str = "rgb"
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.channel_order = check_channel_order(self.channel_order)
+        self._rng = np.random.default_rng(self.seed)
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Augment and also return what was done: ``crop_ratio``, ``lowres_ratio`` (1 if not applied), ``photo``."""
+        rng = self._rng if rng is None else rng
+        info = {"crop_ratio": 1.0, "lowres_ratio": 1.0, "photo": 0.0}
+        out = image
+        if rng.random() < self.crop_p:
+            out, info["crop_ratio"] = crop_on_zero_canvas(out, rng)
+        if rng.random() < self.lowres_p:
+            out, info["lowres_ratio"] = low_resolution(out, rng)
+        if rng.random() < self.photo_p:
+            out = color_jitter(out, rng, channel_order=self.channel_order)
+            info["photo"] = 1.0
+        return out, info
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return self.apply(image, rng)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# occlusion (missing facial regions) -- our design, issue 7 item 3
+# --------------------------------------------------------------------------------------------
+
+OCCLUSION_REGIONS = ("eyes", "left_eye", "right_eye", "nose", "mouth", "lower_face", "random")
+
+
+def _region_box(
+    name: str, rng: np.random.Generator, height: int, width: int, jitter: float
+) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of a region, defined on the ArcFace 112 x 112 template and scaled to H x W.
+
+    Sizes are in units of the template's eye distance ``d`` (35.2 px at 112): eyes band
+    ``2d x 0.6d`` centred between the eyes; one eye ``0.8d x 0.6d``; nose ``0.7d x 0.8d`` around
+    the tip; mouth ``1.6d x 0.7d`` around the corners; lower face from just below the nose tip to
+    the bottom. Each box is scaled by U(1 - jitter, 1 + jitter) and shifted by up to
+    ``jitter * d / 2`` in x and y. ``random``: an axis-aligned box covering U(5 %, 25 %) of the
+    image with aspect U(0.5, 2), anywhere.
+    """
+    sx, sy = width / 112.0, height / 112.0
+    t = ARCFACE_TEMPLATE_112
+    d = float(np.linalg.norm(t[1] - t[0]))
+    if name == "random":
+        area = rng.uniform(0.05, 0.25) * height * width
+        aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        h = int(min(height, max(1, round(np.sqrt(area / aspect)))))
+        w = int(min(width, max(1, round(np.sqrt(area * aspect)))))
+        y0 = int(rng.integers(0, height - h + 1))
+        x0 = int(rng.integers(0, width - w + 1))
+        return y0, y0 + h, x0, x0 + w
+    if name == "eyes":
+        cx, cy = (t[0] + t[1]) / 2
+        bw, bh = 2.0 * d, 0.6 * d
+    elif name == "left_eye":
+        (cx, cy), bw, bh = t[0], 0.8 * d, 0.6 * d
+    elif name == "right_eye":
+        (cx, cy), bw, bh = t[1], 0.8 * d, 0.6 * d
+    elif name == "nose":
+        (cx, cy), bw, bh = t[2], 0.7 * d, 0.8 * d
+    elif name == "mouth":
+        cx, cy = (t[3] + t[4]) / 2
+        bw, bh = 1.6 * d, 0.7 * d
+    elif name == "lower_face":
+        top = t[2][1] + 0.15 * d
+        cx, cy = 56.0, (top + 112.0) / 2
+        bw, bh = 112.0, 112.0 - top
+    else:
+        raise ValueError(f"unknown occlusion region {name!r}; choose from {OCCLUSION_REGIONS}")
+    s = rng.uniform(1 - jitter, 1 + jitter)
+    cx = cx + rng.uniform(-0.5, 0.5) * jitter * d
+    cy = cy + rng.uniform(-0.5, 0.5) * jitter * d
+    x0 = int(np.clip(round((cx - s * bw / 2) * sx), 0, width - 1))
+    x1 = int(np.clip(round((cx + s * bw / 2) * sx), x0 + 1, width))
+    y0 = int(np.clip(round((cy - s * bh / 2) * sy), 0, height - 1))
+    y1 = int(np.clip(round((cy + s * bh / 2) * sy), y0 + 1, height))
+    return y0, y1, x0, x1
+
+
+@dataclass
+class Occlusion:
+    """Blank out one facial region with probability ``p`` (simulates missing regions).
+
+    Our design (LGAF issue 7 item 3; not from a paper): the region is drawn uniformly from
+    ``regions`` (names in :data:`OCCLUSION_REGIONS`), placed relative to the ArcFace 112 x 112
+    landmark template (so it assumes aligned crops; other sizes are scaled), and filled with
+    ``fill``: ``"zero"`` (black, like AdaFace's crop canvas), ``"mean"`` (the image's mean
+    colour) or ``"noise"`` (uniform random pixels).
+    """
+
+    p: float = 0.5
+    regions: Sequence[str] = ("eyes", "nose", "mouth", "lower_face", "random")
+    fill: str = "zero"
+    jitter: float = 0.2
+    seed: int | None = None
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.regions = tuple(self.regions)
+        bad = [r for r in self.regions if r not in OCCLUSION_REGIONS]
+        if bad or not self.regions:
+            raise ValueError(f"occlusion regions must be a non-empty subset of {OCCLUSION_REGIONS}, got {self.regions}")
+        if self.fill not in ("zero", "mean", "noise"):
+            raise ValueError(f"occlusion fill must be 'zero', 'mean' or 'noise', got {self.fill!r}")
+        self._rng = np.random.default_rng(self.seed)
+
+    def apply(
+        self, image: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, tuple[str, tuple[int, int, int, int]] | None]:
+        """Return the image and ``(region, (y0, y1, x0, x1))`` of the blanked box, or None if not applied."""
+        rng = self._rng if rng is None else rng
+        if rng.random() >= self.p:
+            return image, None
+        region = self.regions[int(rng.integers(len(self.regions)))]
+        y0, y1, x0, x1 = _region_box(region, rng, image.shape[0], image.shape[1], self.jitter)
+        out = image.copy()
+        if self.fill == "zero":
+            out[y0:y1, x0:x1] = 0
+        elif self.fill == "mean":
+            out[y0:y1, x0:x1] = image.reshape(-1, *image.shape[2:]).mean(axis=0).round().astype(image.dtype)
+        else:
+            out[y0:y1, x0:x1] = rng.integers(0, 256, size=out[y0:y1, x0:x1].shape, dtype=np.uint8)
+        return out, (region, (y0, y1, x0, x1))
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return self.apply(image, rng)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the training pipeline
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainTransform:
+    """uint8 H x W x 3 -> normalised float tensor 3 x H x W: [AdaFace aug] -> [occlusion] -> [flip].
+
+    Call as ``transform(image, rng)``; ``rng=None`` uses an internal generator seeded by ``seed``.
+    The flip is last, as in AdaFace (and equivalent to arcface_torch's flip-only pipeline when
+    the other two are off).
+    """
+
+    flip: bool = True
+    adaface: AdaFaceAugment | None = None
+    occlusion: Occlusion | None = None
+    channel_order: str = "rgb"
+    seed: int | None = None
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.channel_order = check_channel_order(self.channel_order)
+        self._rng = np.random.default_rng(self.seed)
+
+    def augment(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The uint8 image after the random operations (before tensor conversion)."""
+        rng = self._rng if rng is None else rng
+        out = image
+        if self.adaface is not None:
+            out = self.adaface(out, rng)
+        if self.occlusion is not None:
+            out = self.occlusion(out, rng)
+        if self.flip and rng.random() < 0.5:
+            out = hflip(out)
+        return out
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return to_normalized_tensor(self.augment(image, rng))
+
+
+def build_train_transform(
+    flip: bool = True,
+    adaface_aug: bool = False,
+    occlusion_p: float = 0.0,
+    channel_order: str = "rgb",
+    *,
+    crop_p: float = 0.2,
+    lowres_p: float = 0.2,
+    photo_p: float = 0.2,
+    occlusion_regions: Sequence[str] = ("eyes", "nose", "mouth", "lower_face", "random"),
+    occlusion_fill: str = "zero",
+    seed: int | None = None,
+) -> TrainTransform:
+    """The training transform: callable ``(uint8 H x W x 3 image, rng) -> float tensor (3, H, W)``.
+
+    ``flip``: random horizontal flip (p = 0.5). ``adaface_aug``: AdaFace crop / low-res /
+    photometric with ``crop_p`` / ``lowres_p`` / ``photo_p``. ``occlusion_p``: probability of
+    blanking one facial region (:class:`Occlusion`). ``channel_order`` is the order of the
+    incoming arrays (the transform never swaps channels).
+    """
+    order = check_channel_order(channel_order)
+    adaface = AdaFaceAugment(crop_p, lowres_p, photo_p, channel_order=order) if adaface_aug else None
+    occlusion = Occlusion(occlusion_p, occlusion_regions, occlusion_fill) if occlusion_p > 0 else None
+    return TrainTransform(flip=flip, adaface=adaface, occlusion=occlusion, channel_order=order, seed=seed)
+
+
+def apply_transform(transform: Callable[..., Any] | None, image: np.ndarray, index: int) -> torch.Tensor:
+    """How the datasets run ``transform`` on sample ``index``.
+
+    ``None`` -> normalised tensor. Otherwise ``transform(image, sample_rng(index))``, or
+    ``transform(image)`` for a one-argument callable; a returned numpy array is converted and
+    normalised, a returned tensor is taken as is (the transform normalised it).
+    """
+    if transform is None:
+        return to_normalized_tensor(image)
+    if _takes_rng(transform):
+        out = transform(image, sample_rng(index))
+    else:
+        out = transform(image)
+    if isinstance(out, torch.Tensor):
+        return out
+    return to_normalized_tensor(np.asarray(out))
+
+
+def _takes_rng(transform: Callable[..., Any]) -> bool:
+    if isinstance(transform, (TrainTransform, AdaFaceAugment, Occlusion)):
+        return True
+    import inspect
+
+    try:
+        params = list(inspect.signature(transform).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)

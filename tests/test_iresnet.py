@@ -90,6 +90,7 @@ def test_conv_factory_replaces_conv2_in_chosen_stages() -> None:
 
 
 def test_list_models_and_unknown_name() -> None:
-    assert fuseface.list_models("ir*") == ["ir100", "ir18", "ir200", "ir34", "ir50"]
+    assert fuseface.list_models("ir[0-9]*") == ["ir100", "ir18", "ir200", "ir34", "ir50"]
+    assert "ir_demo" in fuseface.list_models("ir_*")
     with pytest.raises(KeyError, match="unknown backbone"):
         fuseface.create_backbone("ir42")

@@ -28,6 +28,9 @@ _ENTRIES: dict[str, dict[str, str | Callable[..., Any]]] = {
         **{f"ir{d}": f"fuseface.nn.backbones.iresnet:ir{d}" for d in (18, 34, 50, 100, 200)},
         **{f"msnet{d}": f"fuseface.nn.backbones.msnet:msnet{d}" for d in (26, 50, 101)},
         **{f"adaface_ir{d}": f"fuseface.nn.backbones.adaface_ir:adaface_ir{d}" for d in (18, 34, 50, 101)},
+        # the small IResNet (one block per stage) that `make demo` trains; registered here so that
+        # the demo's exported model file loads anywhere with ``fuseface.load``
+        "ir_demo": "fuseface.experiments.demo:demo_iresnet",
     },
     "conv": {
         "conv3x3": "fuseface.nn.backbones.iresnet:plain_conv3x3",

@@ -1,9 +1,431 @@
-"""`fuseface` commands of this group (see `fuseface.cli.main`)."""
+"""`fuseface eval lfw|bin|ijb|ijbs|tinyface|scface` and `fuseface report RUN_DIR...`.
+
+Each command takes either ``--model`` (a fuseface model file: images are read, aligned or cropped,
+and embedded with a progress bar; the channel order comes from the model file) or ``--features``
+(an ``.npy`` with one row per image in the protocol's image order; ``--flip-features`` optional),
+runs the protocol from :mod:`fuseface.eval`, prints a table, writes a JSON result (``--out``) and,
+with ``--plot``, ROC / CMC PNGs next to it. Library imports are lazy.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
 import typer
 
+MODEL_HELP = "fuseface model file (.safetensors) to embed the images with."
+FEATURES_HELP = "Precomputed features (.npy, one row per image in the protocol's image order)."
+FLIP_FEATURES_HELP = "Features of the mirrored images (.npy, same rows as --features)."
+OUT_HELP = "Result JSON file or run directory (result.json inside)."
 
+
+# ----------------------------------------------------------------------------- helpers (orchestration)
+def _load_npy(path: Path | None, what: str) -> Any:
+    if path is None:
+        return None
+    import numpy as np
+
+    from fuseface.errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a numeric .npy array ({exc})") from exc
+    if arr.ndim != 2:
+        raise DataError(f"{path}: {what} must be 2-D (rows, dim), got shape {arr.shape}")
+    return arr
+
+
+def _need_one(model: Path | None, features: Path | None) -> None:
+    from fuseface.errors import ConfigError
+
+    if (model is None) == (features is None):
+        raise ConfigError("give exactly one of --model or --features")
+
+
+def _embed_stream(
+    model_path: Path, n: int, load: Callable[[int, int], Any], batch_size: int, flip: bool, chunk: int = 512
+) -> tuple[Any, Any]:
+    """Embed ``n`` images produced by ``load(a, b)`` (uint8 RGB crops) in chunks; returns raw
+    features and, with ``flip``, the features of the mirrored crops."""
+    import numpy as np
+    from tqdm import tqdm
+
+    import fuseface
+
+    model = fuseface.load(str(model_path))
+    feats, flips = [], []
+    with tqdm(total=n, desc="embedding", unit="img") as bar:
+        for a in range(0, n, chunk):
+            crops = load(a, min(n, a + chunk))
+            crops = np.stack([_fit(c, model.input_size) for c in crops])
+            feats.append(model.embed_aligned(crops, batch_size=batch_size)[0])
+            if flip:
+                flips.append(model.embed_aligned(np.ascontiguousarray(crops[:, :, ::-1]), batch_size=batch_size)[0])
+            bar.update(len(crops))
+    return np.concatenate(feats), (np.concatenate(flips) if flip else None)
+
+
+def _fit(img: Any, size: int) -> Any:
+    import cv2
+
+    if img.shape[0] != size or img.shape[1] != size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def _finish(
+    out: Path | None, protocol: str, switches: dict[str, Any], metrics: dict[str, Any], plot: bool,
+    roc: dict[str, tuple[Any, Any]] | None = None, cmc_ranks: dict[str, Any] | None = None,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fuseface.eval import report
+
+    head = report.headline_metrics(metrics)
+    table = Table(title=protocol, caption=", ".join(f"{k}={v}" for k, v in switches.items()))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in head.items():
+        table.add_row(k, f"{v:.2f}")
+    for k in ("invalid_images", "empty_templates", "pairs_with_empty_template", "empty_probe_templates"):
+        if metrics.get(k):
+            table.add_row(k, str(metrics[k]))
+    Console().print(table)
+    if out is None:
+        return
+    path = report.write_result(out, protocol, switches, metrics)
+    typer.echo(f"wrote {path}")
+    if plot and roc:
+        typer.echo(f"wrote {report.plot_roc(roc, path.with_name(path.stem + '_roc.png'), title=protocol)}")
+    if plot and cmc_ranks:
+        typer.echo(f"wrote {report.plot_cmc(cmc_ranks, path.with_name(path.stem + '_cmc.png'), title=protocol)}")
+
+
+def _strip(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in keys}
+
+
+def _normalize(x: Any) -> Any:
+    from fuseface.eval.verification import l2_normalize
+
+    return l2_normalize(x)
+
+
+# ----------------------------------------------------------------------------- commands
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add this module's commands to the root app or to a shared group."""
+    """Add the eval commands to ``groups['eval']`` and ``report`` to the root app."""
+    ev = groups["eval"]
+
+    @ev.command("lfw")
+    def eval_lfw(
+        root: Path = typer.Option(..., "--root", help="LFW folder with pairs.txt and lfw-deepfunneled/."),
+        model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+        features: Path | None = typer.Option(
+            None, "--features", help=FEATURES_HELP + " Order: distinct images of pairs.txt, first use first."
+        ),
+        flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
+        images_dir: Path | None = typer.Option(
+            None, "--images-dir", help="Aligned crops in the LFW layout (<name>/<name>_0001.jpg), e.g. from "
+            "`fuseface align`; default: centre crops of lfw-deepfunneled (an approximation)."
+        ),
+        crop: int = typer.Option(150, "--crop", help="Centre crop side (px) of the 250x250 images (no --images-dir)."),
+        flip: bool = typer.Option(True, "--flip/--no-flip", help="Add the embedding of the mirrored image."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        max_pairs: int | None = typer.Option(None, "--max-pairs", help="Only the first N pairs (smoke runs)."),
+        nfolds: int = typer.Option(10, "--nfolds"),
+        out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
+        plot: bool = typer.Option(False, "--plot", help="Save the ROC curve as PNG."),
+    ) -> None:
+        """LFW View-2 pairs protocol from images and pairs.txt (insightface 10-fold accuracy)."""
+        from fuseface.data import lfw
+        from fuseface.eval.verification import flip_sum
+
+        _need_one(model, features)
+        pairs = lfw.read_pairs(root / "pairs.txt")[: max_pairs or None]
+        paths, i1, i2, issame = lfw.pair_image_index(pairs)
+        if model is not None:
+            src = images_dir or root / lfw.IMAGE_SUBDIR
+            c = None if images_dir else crop
+
+            def load(a: int, b: int) -> Any:
+                return lfw.load_face_crops(src, paths[a:b], size=_model_size(model), crop=c)
+
+            f, ff = _embed_stream(model, len(paths), load, batch_size, flip)
+        else:
+            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+            if f.shape[0] != len(paths):
+                from fuseface.errors import DataError
+
+                raise DataError(f"{features}: {f.shape[0]} rows, the pairs use {len(paths)} distinct images")
+        emb = flip_sum(f, ff) if (flip and ff is not None) else f
+        m = lfw.lfw_pairs_protocol(emb, i1, i2, issame, nfolds=nfolds)
+        switches = {"flip": bool(flip and ff is not None), "crop": "aligned" if images_dir else f"centre{crop}",
+                    "pairs": len(pairs), "nfolds": nfolds}
+        _finish(out, f"LFW pairs.txt {nfolds}-fold", switches, _strip(m, ("tpr", "fpr")), plot,
+                roc={"LFW": (m["fpr"], m["tpr"])})
+
+    @ev.command("bin")
+    def eval_bin(
+        path: Path = typer.Argument(..., help="insightface .bin verification set (lfw.bin, cfp_fp.bin, ...)."),
+        model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+        features: Path | None = typer.Option(None, "--features", help=FEATURES_HELP + " Order: the .bin's images."),
+        flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
+        flip: bool = typer.Option(True, "--flip/--no-flip", help="Add the embedding of the mirrored image."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        nfolds: int = typer.Option(10, "--nfolds"),
+        out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
+        plot: bool = typer.Option(False, "--plot", help="Save the ROC curve as PNG."),
+    ) -> None:
+        """10-fold verification on a .bin set (insightface protocol)."""
+        from fuseface.data.binfile import load_bin, read_bin_labels
+        from fuseface.eval.verification import evaluate_interleaved, flip_sum
+
+        _need_one(model, features)
+        if model is not None:
+            images, issame = load_bin(path)
+            f, ff = _embed_stream(model, len(images), lambda a, b: images[a:b], batch_size, flip)
+        else:
+            issame = read_bin_labels(path)
+            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+        emb = flip_sum(f, ff) if (flip and ff is not None) else f
+        m = evaluate_interleaved(emb, issame, nfolds=nfolds)
+        switches = {"flip": bool(flip and ff is not None), "nfolds": nfolds}
+        _finish(out, f"{path.stem} .bin {nfolds}-fold", switches, _strip(m, ("tpr", "fpr")), plot,
+                roc={path.stem: (m["fpr"], m["tpr"])})
+
+    @ev.command("ijb")
+    def eval_ijb(
+        root: Path = typer.Option(..., "--root", help="Folder holding IJBB/ and/or IJBC/ (insightface layout)."),
+        target: str = typer.Option("IJBC", "--target", help="IJBB or IJBC."),
+        task: str = typer.Option("1:1", "--task", help="1:1 (TAR@FAR) or 1:N (TPIR@FPIR, CMC)."),
+        model: Path | None = typer.Option(None, "--model", help=MODEL_HELP + " Images are aligned from the "
+                                          "5 landmarks of *_name_5pts_score.txt."),
+        features: Path | None = typer.Option(None, "--features", help=FEATURES_HELP + " Order: the landmark file."),
+        flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
+        flip_test: bool = typer.Option(True, "--flip-test/--no-flip-test", help="Add mirrored-image features."),
+        keep_norm: bool = typer.Option(True, "--keep-norm/--no-keep-norm",
+                                       help="Keep feature norms as quality weights (--no-keep-norm: L2 first)."),
+        detector_score: bool = typer.Option(True, "--detector-score/--no-detector-score",
+                                            help="Weight each image by its detector faceness score."),
+        legacy: bool = typer.Option(False, "--legacy", help="1:N: ijb_1n.py's pooled G1+G2 gallery."),
+        fusion: str = typer.Option("insightface", "--fusion",
+                                   help="insightface (media mean, template sum) or a set-fusion method: "
+                                   "average, norm_weighted, score_weighted, caface."),
+        fusion_model: Path | None = typer.Option(None, "--fusion-model", help="Weights of the fusion module "
+                                                 "(caface)."),
+        styles: Path | None = typer.Option(None, "--styles", help="styles.npy (N, 384, 2) for caface."),
+        chunk_size: int | None = typer.Option(None, "--chunk-size", help="CAFace chunk size (None: whole set)."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
+        plot: bool = typer.Option(False, "--plot", help="Save the ROC (1:1) or CMC (1:N) curve as PNG."),
+    ) -> None:
+        """IJB-B / IJB-C 1:1 verification or 1:N identification."""
+        import numpy as np
+
+        from fuseface.data.ijb import load_ijb
+        from fuseface.errors import ConfigError
+        from fuseface.eval import ijb
+
+        _need_one(model, features)
+        if task not in ("1:1", "1:N", "1:n"):
+            raise ConfigError(f"--task must be 1:1 or 1:N, got {task!r}")
+        one_n = task.upper() == "1:N"
+        proto = load_ijb(root, target, one_to_n=one_n, pairs=not one_n)
+        if model is not None:
+            from fuseface.align.similarity import align_face
+            from fuseface.data.images import read_image
+
+            def load(a: int, b: int) -> Any:
+                return [align_face(read_image(proto.image_dir / proto.image_names[i]), proto.landmarks[i])
+                        for i in range(a, b)]
+
+            f, ff = _embed_stream(model, proto.num_images, load, batch_size, flip_test)
+        else:
+            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+        tfeat = None
+        if fusion != "insightface":
+            from fuseface.eval.templates import fuse_templates
+
+            raw = f + ff if (flip_test and ff is not None and fusion != "caface") else f
+            tf = fuse_templates(
+                raw, proto.templates, fusion, styles=np.load(styles) if styles else None,
+                scores=proto.faceness if fusion == "score_weighted" else None, chunk_size=chunk_size,
+                model=str(fusion_model) if fusion_model else None,
+            )
+            tfeat = tf
+        kw = {"flip_test": flip_test, "keep_norm": keep_norm, "detector_score": detector_score,
+              "template_features": tfeat}
+        if one_n:
+            m = ijb.evaluate_1toN(proto, target, f, ff, legacy=legacy, **kw)
+            ranks = m.pop("mated_ranks", None)
+            switches = {**m.pop("switches"), "fusion": fusion}
+            _finish(out, m.pop("protocol"), switches, m, plot,
+                    cmc_ranks={fusion: ranks} if ranks is not None else None)
+        else:
+            m = ijb.evaluate_1to1(proto, target, f, ff, **kw)
+            roc = m.pop("roc")
+            switches = {**m.pop("switches"), "fusion": fusion}
+            _finish(out, m.pop("protocol"), switches, m, plot, roc={fusion: (roc["fpr"], roc["tpr"])})
+
+    @ev.command("tinyface")
+    def eval_tinyface(
+        root: Path = typer.Option(..., "--root", help="Folder holding tinyface/Testing_Set/."),
+        images_dir: Path | None = typer.Option(None, "--images-dir", help="Aligned copy with Probe/, Gallery_Match/, "
+                                               "Gallery_Distractor/ (AdaFace: aligned_pad_0.1_pad_high)."),
+        model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+        features: Path | None = typer.Option(None, "--features", help=FEATURES_HELP + " Order: probes, gallery "
+                                             "matches, distractors."),
+        flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
+        flip: bool = typer.Option(True, "--flip/--no-flip", help="Add mirrored-image features."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
+        plot: bool = typer.Option(False, "--plot", help="Save the CMC curve as PNG."),
+    ) -> None:
+        """TinyFace closed-set identification (rank 1/5/20, distractors in the gallery)."""
+        from fuseface.data.images import read_image
+        from fuseface.data.tinyface import load_tinyface
+        from fuseface.eval.identification import cmc, mate_ranks
+        from fuseface.eval.verification import flip_sum
+
+        _need_one(model, features)
+        proto = load_tinyface(root, images_dir)
+        paths = proto.image_paths
+        if model is not None:
+            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]],
+                                  batch_size, flip)
+        else:
+            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+        emb = _normalize(flip_sum(f, ff) if (flip and ff is not None) else f)
+        probe, gallery = proto.split(emb)
+        m = {"cmc": cmc(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20)),
+             "num_probes": len(proto.probe_paths), "num_gallery": len(gallery)}
+        r, _ = mate_ranks(probe, proto.probe_labels, gallery, proto.gallery_labels)
+        _finish(out, "TinyFace", {"flip": bool(flip and ff is not None)}, m, plot, cmc_ranks={"TinyFace": r})
+
+    @ev.command("scface")
+    def eval_scface(
+        root: Path = typer.Option(..., "--root", help="SCface root (mugshot_frontal_cropped_all/, "
+                                  "surveillance_cameras_distance_{1,2,3}/)."),
+        split: str = typer.Option("all", "--split", help="all (130 subjects) or test80 (last 80 subjects)."),
+        model: Path | None = typer.Option(None, "--model", help=MODEL_HELP + " Images are resized to the input."),
+        features: Path | None = typer.Option(None, "--features", help=FEATURES_HELP + " Order: gallery, then "
+                                             "probes of d1, d2, d3."),
+        flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
+        flip: bool = typer.Option(True, "--flip/--no-flip", help="Add mirrored-image features."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
+        plot: bool = typer.Option(False, "--plot", help="Save the CMC curves as PNG."),
+    ) -> None:
+        """SCface: mugshot gallery vs surveillance probes, rank-1/5 per distance (our documented split)."""
+        from fuseface.data.images import read_image
+        from fuseface.data.scface import load_scface
+        from fuseface.eval.identification import cmc, mate_ranks
+        from fuseface.eval.verification import flip_sum
+
+        _need_one(model, features)
+        proto = load_scface(root, split)
+        paths = proto.image_paths
+        if model is not None:
+            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]],
+                                  batch_size, flip)
+        else:
+            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+        emb = _normalize(flip_sum(f, ff) if (flip and ff is not None) else f)
+        gallery, probes = proto.split_features(emb)
+        per, curves = {}, {}
+        for d, feats in probes.items():
+            labels = proto.probes[d][1]
+            per[d] = {"cmc": cmc(feats, labels, gallery, proto.gallery_labels, ranks=(1, 5)),
+                      "num_probes": len(labels)}
+            curves[d] = mate_ranks(feats, labels, gallery, proto.gallery_labels)[0]
+        m = {"per_distance": per, "num_gallery": len(gallery)}
+        _finish(out, f"SCface ({split})", {"flip": bool(flip and ff is not None), "split": split}, m, plot,
+                cmc_ranks=curves)
+
+    @ev.command("ijbs")
+    def eval_ijbs(
+        protocol_dir: Path = typer.Option(..., "--protocol-dir", help="Folder with cs6_metadata.csv, the probe "
+                                          "csvs and galleries/."),
+        image_list: Path = typer.Option(..., "--image-list", help="One image path per line (.../<subject>/<file>); "
+                                        "the rows of --features."),
+        features: Path = typer.Option(..., "--features", help=FEATURES_HELP),
+        flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
+        protocol: list[str] = typer.Option(
+            ["surveillance_to_single", "surveillance_to_booking", "surveillance_to_surveillance"], "--protocol"),
+        fusion: str = typer.Option("norm_sum", "--fusion", help="norm_sum (sum of raw features, then L2) or a "
+                                   "set-fusion method: average, norm_weighted, caface."),
+        fusion_model: Path | None = typer.Option(None, "--fusion-model", help="Weights of the fusion module."),
+        chunk_size: int | None = typer.Option(None, "--chunk-size"),
+        out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
+    ) -> None:
+        """IJB-S identification (rank 1/5/10, TPIR at FPIR 1%/10%) from precomputed features."""
+        import numpy as np
+
+        from fuseface.data.ijbs import load_ijbs, read_image_list
+        from fuseface.eval.identification import two_gallery_identification
+        from fuseface.eval.templates import invalid_rows
+
+        f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+        f = f + ff if ff is not None else f
+        names = read_image_list(image_list)
+        if len(names) != f.shape[0]:
+            from fuseface.errors import DataError
+
+            raise DataError(f"{features}: {f.shape[0]} rows, {image_list} lists {len(names)} images")
+        bad = invalid_rows(f)
+
+        def templates(rows_list: list[Any]) -> tuple[Any, int]:
+            out_t = np.zeros((len(rows_list), f.shape[1]))
+            empty = 0
+            for k, rows in enumerate(rows_list):
+                rows = rows[~bad[rows]] if len(rows) else rows
+                if len(rows) == 0:
+                    empty += 1
+                elif fusion == "norm_sum":
+                    out_t[k] = f[rows].astype(np.float64).sum(0)
+                else:
+                    from fuseface.nn.fusion import fuse_features
+
+                    out_t[k] = fuse_features(f[rows], method=fusion, chunk_size=chunk_size,
+                                             model=str(fusion_model) if fusion_model else None)
+            return _normalize(out_t), empty
+
+        subsets: dict[str, Any] = {}
+        for name in protocol:
+            t = load_ijbs(protocol_dir, names, name)
+            probe, e_p = templates(t.probe_rows)
+            gals, e_g = [], 0
+            for sids, rows in t.galleries:
+                g, e = templates(rows)
+                gals.append((g, sids))
+                e_g += e
+            res = two_gallery_identification(probe, t.probe_subjects, gals)
+            res["empty_probe_templates"], res["empty_gallery_templates"] = e_p, e_g
+            subsets[name] = res
+        m = {"subsets": subsets, "invalid_images": int(bad.sum())}
+        _finish(out, "IJB-S", {"flip": ff is not None, "fusion": fusion}, m, False)
+
+    @app.command("report")
+    def report_cmd(
+        run_dirs: list[Path] = typer.Argument(..., help="Run directories (or result JSON files)."),
+        out: Path | None = typer.Option(None, "--out", help="Also write the markdown table to this file."),
+    ) -> None:
+        """Put several evaluation results side by side in one markdown table."""
+        from fuseface.eval.report import report_table
+
+        table = report_table(run_dirs)
+        typer.echo(table)
+        if out is not None:
+            out.write_text(table + "\n")
+
+
+def _model_size(model: Path) -> int:
+    from fuseface.infer.model_file import read_model_file
+
+    return read_model_file(model)[1].input_size

@@ -1,0 +1,358 @@
+"""Readers of the IJB-B / IJB-C protocol files in the insightface ``IJB_release`` layout.
+
+Layout (PROTOCOLS.md §5.3 and B §2.2-2.3; insightface ``recognition/_evaluation_/ijb``)::
+
+    <root>/<IJBB|IJBC>/loose_crop/<name>.jpg
+    <root>/<IJBB|IJBC>/meta/<ijbb|ijbc>_name_5pts_score.txt      name x1 y1 ... x5 y5 faceness
+    <root>/<IJBB|IJBC>/meta/<ijbb|ijbc>_face_tid_mid.txt         name template_id media_id
+    <root>/<IJBB|IJBC>/meta/<ijbb|ijbc>_template_pair_label.txt  t1 t2 label
+    <root>/<IJBB|IJBC>/meta/ijbb_1N_gallery_S1.csv, ..._S2.csv    (IJB-B)  header, TEMPLATE_ID,SUBJECT_ID,...
+    <root>/<IJBB|IJBC>/meta/ijbc_1N_gallery_G1.csv, ..._G2.csv    (IJB-C)
+    <root>/<IJBB|IJBC>/meta/<ijbb|ijbc>_1N_probe_mixed.csv
+
+Feature rows always follow the order of the ``*_name_5pts_score.txt`` file (the order of
+``*_face_tid_mid.txt``, which must agree; checked). No pandas: the small text files are parsed
+line by line; the 15.66 M-line pair file is parsed with ``np.fromstring`` and, only when that finds
+a problem, scanned again line by line to report the first bad line. Every error names the file
+and the line number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fuseface.errors import ProtocolFileError
+
+TARGETS = ("IJBB", "IJBC")
+GALLERY_NAMES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
+
+
+@dataclass
+class IJBProtocol:
+    """Everything the 1:1 and 1:N protocols need, in the landmark file's image order."""
+
+    target: str
+    root: Path
+    image_names: list[str]
+    landmark_file: Path  # parsed on first use of .landmarks (only embedding needs them)
+    faceness: np.ndarray  # (N,) float32
+    templates: np.ndarray  # (N,) int64, template id of each image
+    medias: np.ndarray  # (N,) int64, media id of each image
+    pair_t1: np.ndarray  # (P,) int64
+    pair_t2: np.ndarray  # (P,) int64
+    pair_labels: np.ndarray  # (P,) int8, 1 = genuine
+    galleries: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (tids, sids)
+    probes: tuple[np.ndarray, np.ndarray] | None = None  # (tids, sids) rows of the probe csv
+    _landmarks: np.ndarray | None = None
+
+    @property
+    def landmarks(self) -> np.ndarray:
+        """(N, 5, 2) float32 landmarks (left eye, right eye, nose, mouth left, mouth right)."""
+        if self._landmarks is None:
+            self._landmarks = read_landmark_file(self.landmark_file)[1]
+        return self._landmarks
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / self.target / "loose_crop"
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_names)
+
+
+def meta_paths(root: str | Path, target: str) -> dict[str, Path]:
+    """Paths of the protocol files of ``target`` under ``root``."""
+    target = normalize_target(target)
+    meta = Path(root) / target / "meta"
+    p = target.lower()
+    g1, g2 = GALLERY_NAMES[target]
+    return {
+        "landmarks": meta / f"{p}_name_5pts_score.txt",
+        "tid_mid": meta / f"{p}_face_tid_mid.txt",
+        "pairs": meta / f"{p}_template_pair_label.txt",
+        "gallery1": meta / f"{p}_1N_gallery_{g1}.csv",
+        "gallery2": meta / f"{p}_1N_gallery_{g2}.csv",
+        "probe": meta / f"{p}_1N_probe_mixed.csv",
+    }
+
+
+def normalize_target(target: str) -> str:
+    t = target.upper().replace("-", "")
+    if t not in TARGETS:
+        raise ProtocolFileError(f"unknown IJB target {target!r}: expected one of {', '.join(TARGETS)}")
+    return t
+
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise ProtocolFileError(f"{path}: protocol file not found")
+
+
+def _lines(path: Path) -> list[str]:
+    _require(path)
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ProtocolFileError(f"{path}: not a UTF-8 text file ({exc})") from exc
+
+
+def _fast_table(path: Path, ncols: int, dtype: type) -> tuple[list[str], np.ndarray] | None:
+    """``name v1 ... v_ncols`` lines parsed in bulk (regex + ``np.fromstring``); ``None`` when the
+    bulk parse does not account for every line (the caller then reports the first bad line)."""
+    import warnings
+
+    _require(path)
+    data = path.read_bytes()
+    names = re.findall(rb"^[ \t]*(\S+)", data, flags=re.M)
+    rest = re.sub(rb"^[ \t]*\S+", b"", data, flags=re.M)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = np.fromstring(rest, dtype=dtype, sep=" ")
+        except ValueError:
+            return None
+    if values.size != len(names) * ncols:
+        return None
+    try:
+        decoded = [n.decode("utf-8") for n in names]
+    except UnicodeDecodeError:
+        return None
+    return decoded, values.reshape(len(names), ncols)
+
+
+def read_landmark_file(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``name x1 y1 ... x5 y5 faceness`` -> (names, landmarks (N,5,2) float32, faceness (N,) float32)."""
+    path = Path(path)
+    fast = _fast_table(path, 11, np.float64)
+    if fast is not None:
+        names, arr64 = fast
+        arr = arr64.astype(np.float32)
+        return names, arr[:, :10].reshape(-1, 5, 2), arr[:, 10].copy()
+    for i, line in enumerate(_lines(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 12:
+            raise ProtocolFileError(
+                f"{path}:{i}: expected 'name x1 y1 ... x5 y5 faceness' (12 fields), got {len(parts)}"
+            )
+        try:
+            [float(v) for v in parts[1:]]
+        except ValueError as exc:
+            raise ProtocolFileError(f"{path}:{i}: non-numeric landmark or score ({exc})") from None
+    raise ProtocolFileError(f"{path}: cannot parse the file")
+
+
+def read_names_and_faceness(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """First and last column of the landmark file (names, faceness float32), without parsing the
+    ten landmark coordinates; every line must have 12 fields."""
+    path = Path(path)
+    _require(path)
+    names: list[str] = []
+    scores: list[bytes] = []
+    for i, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 12:
+            raise ProtocolFileError(
+                f"{path}:{i}: expected 'name x1 y1 ... x5 y5 faceness' (12 fields), got {len(parts)}"
+            )
+        names.append(parts[0].decode("utf-8", errors="replace"))
+        scores.append(parts[11])
+    try:
+        faceness = np.array(scores).astype(np.float64).astype(np.float32)
+    except ValueError:
+        for i, sc in enumerate(scores):
+            try:
+                float(sc)
+            except ValueError:
+                msg = f"{path}: record {i + 1} ({names[i]}): faceness {sc!r} is not a number"
+                raise ProtocolFileError(msg) from None
+        raise
+    return names, faceness
+
+
+def read_tid_mid_file(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``name template_id media_id`` -> (names, templates int64, medias int64)."""
+    path = Path(path)
+    _require(path)
+    names: list[str] = []
+    tids: list[int] = []
+    mids: list[int] = []
+    for i, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3:
+            raise ProtocolFileError(f"{path}:{i}: expected 'name template_id media_id', got {len(parts)} fields")
+        try:
+            tids.append(int(parts[1]))
+            mids.append(int(parts[2]))
+        except ValueError as exc:
+            raise ProtocolFileError(f"{path}:{i}: template and media ids must be integers ({exc})") from None
+        names.append(parts[0].decode("utf-8", errors="replace"))
+    return names, np.asarray(tids, dtype=np.int64), np.asarray(mids, dtype=np.int64)
+
+
+def _known(known: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Membership of ``values`` in the sorted non-negative ids ``known`` (lookup table)."""
+    if known.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    if known[0] >= 0 and known[-1] < 50_000_000:
+        table = np.zeros(int(known[-1]) + 1, dtype=bool)
+        table[known] = True
+        inside = (values >= 0) & (values < table.size)
+        return inside & table[np.clip(values, 0, table.size - 1)]
+    return np.isin(values, known)
+
+
+_INT_LINE = re.compile(rb"^\s*-?\d+\s+-?\d+\s+-?\d+\s*$")
+
+
+def _cache_file(path: Path) -> Path | None:
+    """Where the parsed arrays of a large protocol file are cached (keyed by path, size, mtime)."""
+    import hashlib
+    import os
+
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    base = Path(os.environ.get("FUSEFACE_CACHE", Path.home() / ".cache" / "fuseface")) / "protocols"
+    return base / f"{path.name}.{key}.npz"
+
+
+CACHE_MIN_BYTES = 20_000_000
+
+
+def read_pair_file(path: str | Path, cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``t1 t2 label`` per line -> (t1 int64, t2 int64, labels int8); fast for 15 M lines.
+
+    Files over 20 MB are parsed once and cached as ``.npz`` under ``$FUSEFACE_CACHE`` (default
+    ``~/.cache/fuseface``)/protocols, keyed by path, size and modification time (as the reference
+    scripts keep a ``*_backup.npz``); ``cache=False`` always parses.
+    """
+    path = Path(path)
+    _require(path)
+    cfile = _cache_file(path) if cache and path.stat().st_size >= CACHE_MIN_BYTES else None
+    if cfile is not None and cfile.is_file():
+        try:
+            with np.load(cfile) as z:
+                return z["t1"], z["t2"], z["labels"]
+        except (OSError, ValueError, KeyError):
+            pass
+    t1, t2, labels = _parse_pair_file(path)
+    if cfile is not None:
+        try:
+            cfile.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cfile.with_name(cfile.name + ".tmp.npz")
+            np.savez(tmp, t1=t1, t2=t2, labels=labels)
+            tmp.replace(cfile)
+        except OSError:
+            pass
+    return t1, t2, labels
+
+
+def _parse_pair_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    data = path.read_bytes()
+    nlines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = np.fromstring(data, dtype=np.int64, sep=" ")  # whitespace, newlines included
+        except ValueError:
+            values = np.zeros(0, dtype=np.int64)
+    if values.size != 3 * nlines:
+        _report_bad_line(path, data)
+        raise ProtocolFileError(f"{path}: expected 3 integers per line ({nlines} lines), found {values.size} values")
+    values = values.reshape(-1, 3)
+    labels = values[:, 2]
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if bad.size:
+        raise ProtocolFileError(f"{path}:{bad[0] + 1}: label must be 0 or 1, got {labels[bad[0]]}")
+    return values[:, 0].copy(), values[:, 1].copy(), labels.astype(np.int8)
+
+
+def _report_bad_line(path: Path, data: bytes) -> None:
+    for i, line in enumerate(data.split(b"\n"), 1):
+        if line.strip() and not _INT_LINE.match(line):
+            raise ProtocolFileError(
+                f"{path}:{i}: expected 't1 t2 label' (three integers), got {line[:80].decode(errors='replace')!r}"
+            )
+
+
+def read_template_subject_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """1:N gallery / probe csv: a header line, then ``TEMPLATE_ID,SUBJECT_ID,...`` per image.
+
+    Returns the two columns per row (as the reference's ``np.loadtxt(skiprows=1, delimiter=',')``).
+    """
+    path = Path(path)
+    lines = _lines(path)
+    tids: list[int] = []
+    sids: list[int] = []
+    for i, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        parts = line.split(",")
+        if len(parts) < 2:
+            raise ProtocolFileError(f"{path}:{i}: expected 'TEMPLATE_ID,SUBJECT_ID,...', got {line[:80]!r}")
+        try:
+            tids.append(int(parts[0]))
+            sids.append(int(parts[1]))
+        except ValueError as exc:
+            raise ProtocolFileError(f"{path}:{i}: template and subject ids must be integers ({exc})") from exc
+    return np.asarray(tids, dtype=np.int64), np.asarray(sids, dtype=np.int64)
+
+
+def load_ijb(root: str | Path, target: str, *, one_to_n: bool | None = None, pairs: bool = True) -> IJBProtocol:
+    """Read the protocol of ``target`` (``IJBB`` / ``IJBC``) under ``root``.
+
+    ``one_to_n``: ``True`` requires the 1:N csv files, ``False`` skips them, ``None`` reads them
+    when present. ``pairs=False`` skips the 1:1 pair file (1:N only needs the csv files).
+    """
+    target = normalize_target(target)
+    root = Path(root)
+    paths = meta_paths(root, target)
+    names, faceness = read_names_and_faceness(paths["landmarks"])
+    names2, templates, medias = read_tid_mid_file(paths["tid_mid"])
+    if len(names2) != len(names):
+        raise ProtocolFileError(
+            f"{paths['tid_mid']}: {len(names2)} images but {paths['landmarks'].name} lists {len(names)}"
+        )
+    if names != names2:
+        i, a, b = next((i, a, b) for i, (a, b) in enumerate(zip(names, names2, strict=True)) if a != b)
+        raise ProtocolFileError(f"{paths['tid_mid']}:{i + 1}: image {b!r} but the landmark file has {a!r} there")
+    if pairs:
+        t1, t2, labels = read_pair_file(paths["pairs"])
+    else:
+        t1 = t2 = np.zeros(0, dtype=np.int64)
+        labels = np.zeros(0, dtype=np.int8)
+    known = np.unique(templates)
+    for col, arr in (("t1", t1), ("t2", t2)):
+        missing = ~_known(known, arr)
+        if missing.any():
+            k = int(np.flatnonzero(missing)[0])
+            raise ProtocolFileError(
+                f"{paths['pairs']}:{k + 1}: template {arr[k]} ({col}) has no image in {paths['tid_mid'].name}"
+            )
+    proto = IJBProtocol(target, root, names, paths["landmarks"], faceness, templates, medias, t1, t2, labels)
+    want = one_to_n if one_to_n is not None else all(paths[k].is_file() for k in ("gallery1", "gallery2", "probe"))
+    if want:
+        g1, g2 = GALLERY_NAMES[target]
+        proto.galleries = {g1: read_template_subject_csv(paths["gallery1"]),
+                           g2: read_template_subject_csv(paths["gallery2"])}
+        proto.probes = read_template_subject_csv(paths["probe"])
+        for name, (tids, _) in [*proto.galleries.items(), ("probe", proto.probes)]:
+            missing = ~_known(known, tids)
+            if missing.any():
+                raise ProtocolFileError(f"{target} 1:N {name}: template {tids[missing][0]} has no image")
+    return proto

@@ -1,0 +1,384 @@
+"""IJB-B / IJB-C 1:1 verification (TAR@FAR) and 1:N open-set identification (TPIR@FPIR, CMC).
+
+References: insightface ``arcface_torch/eval_ijbc.py`` (1:1), ``_evaluation_/ijb/ijb_evals.py``
+(``evaluation_1N``: galleries evaluated separately) and ``_evaluation_/ijb/ijb_1n.py`` (legacy pooled
+gallery); PROTOCOLS.md §5.3, B §2.2-2.3.
+
+Switches (named for what they do; the references' flag names contradict each other):
+
+* ``flip_test``: add the features of the mirrored images (when ``flip_features`` are given);
+* ``keep_norm``: keep each image feature's norm as a quality weight (``False``: L2-normalise it);
+* ``detector_score``: multiply each image feature by its detector faceness score.
+
+Defaults (all ``True``) are arcface_torch's ``eval_ijbc.py`` mode (F1, N1 "norm kept", D1).
+
+1:1 pipeline: image features -> template features (:mod:`fuseface.eval.templates`) -> pair
+scores = cosine of the two template features (:func:`score_template_pairs`) -> ROC and TAR at the
+nearest FPR (:mod:`fuseface.eval.roc`).
+
+Scoring at IJB-C scale (15.66 M pairs) is done block-wise: the pairs are grouped by their first
+template (a radix sort of uint16/32 row indices), and for a block of first templates the dot
+products with all second templates used by the block are one float64 matrix product; when a
+block's pairs fill less than 1/16 of that product, its pairs are scored one by one
+(``einsum``) instead. Memory is bounded by ``chunk_elems`` (default 8 M float64 = 64 MiB).
+The reference computes ``np.sum(f1 * f2, -1)``; a matrix product adds the same terms in another
+order, so scores agree to ~1e-16 (the metrics are identical unless two scores tie within that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fuseface.data.ijb import IJBProtocol, load_ijb
+from fuseface.eval.roc import DEFAULT_FARS, auc, roc_curve, tar_at_far_from_roc
+from fuseface.eval.templates import TemplateFeatures, image_features, invalid_rows, pool_templates
+
+DEFAULT_FPIRS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10)
+
+
+def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = DEFAULT_FARS) -> dict[float, float]:
+    """TAR at each FAR: nearest FPR on sklearn's default ROC (see :mod:`fuseface.eval.roc`)."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return tar_at_far_from_roc(fpr, tpr, tuple(fars))
+
+
+def score_template_pairs(
+    template_feats: np.ndarray, rows1: np.ndarray, rows2: np.ndarray, chunk_elems: int = 8_000_000
+) -> np.ndarray:
+    """Dot products ``template_feats[rows1[k]] . template_feats[rows2[k]]`` for every pair k.
+
+    ``template_feats``: (T, D) float64 (L2-normalised: the scores are cosines).
+    Memory beyond the output is O(chunk_elems) float64 plus the pair index arrays.
+    """
+    rows1 = np.asarray(rows1)
+    rows2 = np.asarray(rows2)
+    n_t = template_feats.shape[0]
+    scores = np.empty(rows1.size, dtype=np.float64)
+    if rows1.size == 0:
+        return scores
+    key_dtype = np.uint16 if n_t <= np.iinfo(np.uint16).max else np.uint32
+    order = np.argsort(rows1.astype(key_dtype), kind="stable")  # radix sort
+    r1 = rows1[order]
+    r2 = rows2[order]
+    counts = np.bincount(r1, minlength=n_t)
+    bounds = np.r_[0, np.cumsum(counts)]
+    colmap = np.empty(n_t, dtype=np.int64)
+    rowmap = np.empty(n_t, dtype=np.int64)
+    mark = np.zeros(n_t, dtype=bool)
+    mark[r2] = True
+    n_cols_all = int(mark.sum())
+    rows_per_block = max(1, chunk_elems // max(1, n_cols_all))
+    step = max(1, chunk_elems // max(1, template_feats.shape[1]))
+    t1_rows = np.flatnonzero(counts)
+    for i in range(0, t1_rows.size, rows_per_block):
+        t = t1_rows[i]
+        u = t1_rows[min(i + rows_per_block, t1_rows.size) - 1] + 1
+        a, b = bounds[t], bounds[u]
+        if b > a:
+            p1, p2 = r1[a:b], r2[a:b]
+            mark[:] = False
+            mark[p2] = True
+            cols = np.flatnonzero(mark)
+            mark[:] = False
+            mark[p1] = True
+            used = np.flatnonzero(mark)
+            if (b - a) * 16 >= used.size * cols.size:
+                colmap[cols] = np.arange(cols.size)
+                rowmap[used] = np.arange(used.size)
+                block = template_feats[used] @ template_feats[cols].T
+                scores[order[a:b]] = block[rowmap[p1], colmap[p2]]
+            else:
+                for c in range(a, b, step):
+                    e = min(b, c + step)
+                    scores[order[c:e]] = np.einsum("ij,ij->i", template_feats[r1[c:e]], template_feats[r2[c:e]])
+    return scores
+
+
+def _check_features(features: np.ndarray | None, proto: IJBProtocol, what: str) -> None:
+    if features is None:
+        return
+    if features.ndim != 2 or features.shape[0] != proto.num_images:
+        raise ValueError(
+            f"{what} have shape {features.shape}; the {proto.target} protocol needs one row per image "
+            f"({proto.num_images}) in the order of its landmark file"
+        )
+
+
+def build_template_features(
+    proto: IJBProtocol,
+    features: np.ndarray | None,
+    flip_features: np.ndarray | None = None,
+    *,
+    flip_test: bool = True,
+    keep_norm: bool = True,
+    detector_score: bool = True,
+    template_features: TemplateFeatures | tuple[np.ndarray, np.ndarray] | None = None,
+    overwrite_features: bool = False,
+) -> tuple[TemplateFeatures, dict[str, Any]]:
+    """Template features of every template of the protocol, plus the effective switches."""
+    if template_features is not None:
+        if isinstance(template_features, tuple):
+            ids, rows = (np.asarray(x) for x in template_features)
+            order = np.argsort(ids)
+            from fuseface.eval.verification import l2_normalize
+
+            rows = np.asarray(rows, dtype=np.float64)[order]
+            bad = invalid_rows(rows)
+            rows[bad] = 0.0
+            template_features = TemplateFeatures(ids[order].astype(np.int64), l2_normalize(rows), 0, int(bad.sum()))
+        return template_features, {"pooling": "precomputed template features"}
+    if features is None:
+        raise ValueError("give image features or template_features")
+    _check_features(features, proto, "features")
+    _check_features(flip_features, proto, "flip features")
+    inplace = overwrite_features and features.dtype == np.float32 and features.flags.writeable
+    feats = image_features(
+        features, flip_features, proto.faceness,
+        flip_test=flip_test, keep_norm=keep_norm, detector_score=detector_score,
+        out=features if inplace else None,
+    )
+    valid = ~invalid_rows(feats)  # NaN/inf propagate and all-zero rows stay zero through the switches
+    tf = pool_templates(feats, proto.templates, proto.medias, valid)
+    switches = {
+        "flip_test": bool(flip_test and flip_features is not None),
+        "keep_norm": bool(keep_norm),
+        "detector_score": bool(detector_score),
+        "pooling": "insightface media mean, template sum, L2",
+    }
+    return tf, switches
+
+
+def evaluate_1to1(
+    root: str | Path | IJBProtocol,
+    target: str = "IJBC",
+    features: np.ndarray | None = None,
+    flip_features: np.ndarray | None = None,
+    *,
+    flip_test: bool = True,
+    keep_norm: bool = True,
+    detector_score: bool = True,
+    template_features: TemplateFeatures | tuple[np.ndarray, np.ndarray] | None = None,
+    fars: Sequence[float] = DEFAULT_FARS,
+    return_scores: bool = False,
+    overwrite_features: bool = False,
+) -> dict[str, Any]:
+    """IJB 1:1 verification: ``tar_at_far`` ({far: tar}), ``auc`` and the counts of what was used.
+
+    ``root`` holds ``<target>/meta/...`` (or pass a loaded :class:`IJBProtocol`); ``features``:
+    (N, D) raw image features in the landmark file's order. ``template_features``: one
+    precomputed row per template, ``(template_ids, rows)`` (e.g. from CAFace), replaces pooling.
+    Pairs that involve a template without any valid image score 0 and are counted in
+    ``pairs_with_empty_template``. ``overwrite_features=True`` lets the per-image weighting
+    reuse a float32 ``features`` array (saves ~1 GB at IJB-C scale; the array is modified).
+    """
+    proto = root if isinstance(root, IJBProtocol) else load_ijb(root, target, one_to_n=False)
+    tf, switches = build_template_features(
+        proto, features, flip_features, flip_test=flip_test, keep_norm=keep_norm,
+        detector_score=detector_score, template_features=template_features,
+        overwrite_features=overwrite_features,
+    )
+    r1 = tf.rows(proto.pair_t1)
+    r2 = tf.rows(proto.pair_t2)
+    scores = score_template_pairs(tf.features, r1, r2)
+    empty = ~tf.features.any(1)
+    labels = proto.pair_labels
+    fpr, tpr, _ = roc_curve(labels, scores)
+    result: dict[str, Any] = {
+        "protocol": f"{proto.target} 1:1",
+        "switches": switches,
+        "tar_at_far": tar_at_far_from_roc(fpr, tpr, tuple(fars)),
+        "auc": auc(fpr, tpr),
+        "num_images": proto.num_images,
+        "num_templates": len(tf.ids),
+        "num_pairs": int(labels.size),
+        "num_genuine": int(labels.sum()),
+        "num_impostor": int(labels.size - labels.sum()),
+        "invalid_images": tf.invalid_images,
+        "empty_templates": tf.empty_templates,
+        "pairs_with_empty_template": int((empty[r1] | empty[r2]).sum()),
+        "roc": {"fpr": fpr, "tpr": tpr},
+    }
+    if return_scores:
+        result["scores"] = scores
+    return result
+
+
+def _unique_first(tids: np.ndarray, sids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique template ids (ascending) with the subject id of their first row (reference rule)."""
+    u, idx = np.unique(tids, return_index=True)
+    return u, sids[idx]
+
+
+def open_set_1toN(  # noqa: N802 (reference name)
+    probe_feats: np.ndarray,
+    probe_ids: np.ndarray,
+    gallery_feats: np.ndarray,
+    gallery_ids: np.ndarray,
+    fpirs: Sequence[float] = DEFAULT_FPIRS,
+    ranks: Sequence[int] = DEFAULT_RANKS,
+) -> dict[str, Any]:
+    """One gallery of ``ijb_evals.evaluation_1N``: TPIR at FPIR and rank-k counts of mated probes.
+
+    A probe is mated when its subject is in the gallery; its mate is the first gallery entry of
+    that subject. Mated: correct when the mate's score is strictly above every other subject's
+    best score; TPIR(FPIR) = fraction of mated probes correct **and** above the threshold
+    ``sort_desc(max score of each non-mated probe)[max(int(n_nonmated * fpir) - 1, 0)]``.
+    Rank of the mate = 1 + number of gallery entries scoring strictly higher (ties favour the mate;
+    the reference's ``argsort`` order is arbitrary there).
+    """
+    sim = probe_feats @ gallery_feats.T
+    gallery_ids = np.asarray(gallery_ids)
+    probe_ids = np.asarray(probe_ids)
+    g_sorted = np.argsort(gallery_ids, kind="stable")
+    pos = np.searchsorted(gallery_ids[g_sorted], probe_ids)
+    pos = np.minimum(pos, len(gallery_ids) - 1)
+    mated = gallery_ids[g_sorted][pos] == probe_ids
+    mate = g_sorted[pos]  # first gallery entry of the subject (stable sort)
+    mi = np.flatnonzero(mated)
+    pos_sims = sim[mi, mate[mi]]
+    other = sim[mi].copy()
+    other[gallery_ids[np.newaxis, :] == probe_ids[mi, np.newaxis]] = -np.inf
+    correct = pos_sims > other.max(1) if other.shape[1] else np.ones(mi.size, bool)
+    rank = 1 + (sim[mi] > pos_sims[:, np.newaxis]).sum(1)
+    nonmated_max = np.sort(sim[~mated].max(1))[::-1] if (~mated).any() and sim.shape[1] else np.zeros(0)
+    tpir: dict[float, float] = {}
+    thresholds: dict[float, float] = {}
+    for f in fpirs:
+        if nonmated_max.size == 0 or mi.size == 0:
+            tpir[float(f)], thresholds[float(f)] = float("nan"), float("nan")
+            continue
+        th = nonmated_max[max(int(nonmated_max.shape[0] * f) - 1, 0)]
+        tpir[float(f)] = float(np.logical_and(correct, pos_sims > th).sum() / mi.size)
+        thresholds[float(f)] = float(th)
+    return {
+        "tpir_at_fpir": tpir,
+        "thresholds": thresholds,
+        "rank_counts": {int(k): int((rank <= k).sum()) for k in ranks},
+        "num_mated": int(mi.size),
+        "num_nonmated": int((~mated).sum()),
+        "mated_rank": rank,
+    }
+
+
+def legacy_pooled_1toN(  # noqa: N802 (reference name)
+    probe_feats: np.ndarray,
+    probe_ids: np.ndarray,
+    gallery_feats: np.ndarray,
+    gallery_ids: np.ndarray,
+    fpirs: Sequence[float] = DEFAULT_FPIRS,
+    ranks: Sequence[int] = DEFAULT_RANKS,
+) -> dict[str, Any]:
+    """``ijb_1n.py``: one pooled gallery in which every probe subject appears exactly once; rank-k
+    and "TPIR" are divided by every probe; the threshold is the ``ceil(n_probe * fpir)``-th largest
+    of all non-mate similarities and TPIR counts mates scoring above it (no rank-1 condition)."""
+    gallery_ids = np.asarray(gallery_ids)
+    probe_ids = np.asarray(probe_ids)
+    uniq, counts = np.unique(gallery_ids, return_counts=True)
+    g_sorted = np.argsort(gallery_ids, kind="stable")
+    pos = np.minimum(np.searchsorted(gallery_ids[g_sorted], probe_ids), len(gallery_ids) - 1)
+    found = gallery_ids[g_sorted][pos] == probe_ids
+    cnt = dict(zip(uniq.tolist(), counts.tolist(), strict=True))
+    if not found.all() or any(cnt[int(s)] != 1 for s in np.unique(probe_ids)):
+        bad = probe_ids[~found][0] if not found.all() else next(s for s in probe_ids if cnt[int(s)] != 1)
+        raise ValueError(f"legacy 1:N needs exactly one gallery template per probe subject (subject {bad})")
+    mate = g_sorted[pos]
+    n = probe_ids.size
+    sim = probe_feats @ gallery_feats.T
+    rows = np.arange(n)
+    pos_sims = sim[rows, mate].copy()
+    rank = 1 + (sim > pos_sims[:, np.newaxis]).sum(1)
+    sim[rows, mate] = -np.inf
+    neg = sim.reshape(-1)
+    neg = neg[np.isfinite(neg)]
+    tpir: dict[float, float] = {}
+    thresholds: dict[float, float] = {}
+    for f in fpirs:
+        k = int(np.ceil(n * f))
+        k = min(max(k, 1), neg.size)
+        th = np.partition(neg, neg.size - k)[neg.size - k]
+        tpir[float(f)] = float(np.sum(pos_sims > th) / n)
+        thresholds[float(f)] = float(th)
+    return {
+        "tpir_at_fpir": tpir,
+        "thresholds": thresholds,
+        "cmc": {int(k): float((rank <= k).sum() / n) for k in ranks},
+        "num_probes": int(n),
+    }
+
+
+def evaluate_1toN(  # noqa: N802 (public interface name)
+    root: str | Path | IJBProtocol,
+    target: str = "IJBC",
+    features: np.ndarray | None = None,
+    flip_features: np.ndarray | None = None,
+    *,
+    flip_test: bool = True,
+    keep_norm: bool = True,
+    detector_score: bool = True,
+    legacy: bool = False,
+    template_features: TemplateFeatures | tuple[np.ndarray, np.ndarray] | None = None,
+    fpirs: Sequence[float] = DEFAULT_FPIRS,
+    ranks: Sequence[int] = DEFAULT_RANKS,
+    overwrite_features: bool = False,
+) -> dict[str, Any]:
+    """IJB 1:N open-set identification.
+
+    Default: each gallery (G1, G2 / S1, S2) separately as ``ijb_evals.evaluation_1N``;
+    ``tpir_at_fpir`` = mean over the two galleries; ``cmc`` = fraction of mated searches, pooled
+    over both galleries, whose mate is within rank k; ``cmc_per_probe`` = the reference's figure
+    ((hits G1 + hits G2) / number of probes; equal to ``cmc`` when each probe is mated once).
+    ``legacy=True``: ``ijb_1n.py``'s pooled gallery (see :func:`legacy_pooled_1toN`).
+    """
+    proto = root if isinstance(root, IJBProtocol) else load_ijb(root, target, one_to_n=True, pairs=False)
+    if not proto.galleries or proto.probes is None:
+        raise ValueError(f"{proto.target}: the 1:N protocol files were not loaded")
+    tf, switches = build_template_features(
+        proto, features, flip_features, flip_test=flip_test, keep_norm=keep_norm,
+        detector_score=detector_score, template_features=template_features,
+        overwrite_features=overwrite_features,
+    )
+    p_t, p_s = _unique_first(*proto.probes)
+    probe_feats = tf.features[tf.rows(p_t)]
+    empty = ~tf.features.any(1)
+    result: dict[str, Any] = {
+        "protocol": f"{proto.target} 1:N" + (" legacy pooled gallery" if legacy else ""),
+        "switches": {**switches, "legacy": bool(legacy)},
+        "num_probes": int(p_t.size),
+        "invalid_images": tf.invalid_images,
+        "empty_templates": tf.empty_templates,
+        "empty_probe_templates": int(empty[tf.rows(p_t)].sum()),
+    }
+    if legacy:
+        g_t = np.concatenate([g[0] for g in proto.galleries.values()])
+        g_s = np.concatenate([g[1] for g in proto.galleries.values()])
+        g_t, g_s = _unique_first(g_t, g_s)
+        out = legacy_pooled_1toN(probe_feats, p_s, tf.features[tf.rows(g_t)], g_s, fpirs, ranks)
+        result.update(tpir_at_fpir=out["tpir_at_fpir"], cmc=out["cmc"], thresholds=out["thresholds"],
+                      num_gallery=int(g_t.size))
+        return result
+    per: dict[str, Any] = {}
+    hits = dict.fromkeys(ranks, 0)
+    mated_total = 0
+    ranks_all = []
+    for name, (tids, sids) in proto.galleries.items():
+        g_t, g_s = _unique_first(tids, sids)
+        out = open_set_1toN(probe_feats, p_s, tf.features[tf.rows(g_t)], g_s, fpirs, ranks)
+        for k in ranks:
+            hits[k] += out["rank_counts"][k]
+        mated_total += out["num_mated"]
+        ranks_all.append(out.pop("mated_rank"))
+        per[name] = {**out, "num_gallery": int(g_t.size)}
+    result["galleries"] = per
+    result["tpir_at_fpir"] = {
+        float(f): float(np.mean([per[g]["tpir_at_fpir"][float(f)] for g in per])) for f in fpirs
+    }
+    result["cmc"] = {int(k): (hits[k] / mated_total if mated_total else float("nan")) for k in ranks}
+    result["cmc_per_probe"] = {int(k): hits[k] / p_t.size for k in ranks}
+    result["num_mated_searches"] = int(mated_total)
+    result["mated_ranks"] = np.concatenate(ranks_all) if ranks_all else np.zeros(0, int)
+    return result

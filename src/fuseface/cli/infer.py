@@ -1,9 +1,167 @@
-"""`fuseface` commands of this group (see `fuseface.cli.main`)."""
+"""`fuseface embed | compare | fuse | search | export` (see `fuseface.cli.main`).
+
+Each command loads a fuseface model file (``--model``), takes photos or aligned crops, and prints
+one line per result. Photos that cannot be used (unreadable, no face) are reported on stderr and
+the rest goes on.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+MODEL_HELP = "fuseface model file (.safetensors with architecture metadata)."
+
+
+def _report_errors(errors: dict[int, str]) -> None:
+    for msg in errors.values():
+        typer.secho(f"skipped: {msg}", fg=typer.colors.YELLOW, err=True)
+
+
+def _gallery_images(folder: Path) -> list[Path]:
+    from fuseface.align.pipeline import list_photos
+
+    root, rels = list_photos(folder)
+    return [root / r for r in rels]
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this module's commands to the root app or to a shared group."""
+
+    @app.command("embed")
+    def embed(
+        images: list[Path] = typer.Argument(..., help="Photos or aligned crops (files or folders)."),
+        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        out: Path = typer.Option(Path("embeddings.npz"), help="Output .npz: embeddings, norms, paths, ok."),
+        flip: bool = typer.Option(False, help="Add the embedding of the mirrored crop (flip-sum)."),
+        detect: bool = typer.Option(None, "--detect/--no-detect", help="Force / forbid detection (default: auto)."),
+        batch_size: int = typer.Option(64, help="Batch size."),
+    ) -> None:
+        """Embed photos (detect + align) or crops; writes un-normalised embeddings and their norms."""
+        import numpy as np
+
+        import fuseface
+
+        paths = [p for item in images for p in (_gallery_images(item) if item.is_dir() else [item])]
+        fm = fuseface.load(str(model))
+        res = fm.embed_photos(paths, batch_size=batch_size, flip=flip, detect=detect, progress=len(paths) > 20)
+        _report_errors(res.errors)
+        np.savez(out, embeddings=res.embeddings, norms=res.norms, paths=np.asarray([str(p) for p in paths]),
+                 ok=res.ok)
+        typer.echo(f"wrote {out}: {int(res.ok.sum())}/{len(paths)} embedded, dim {res.embeddings.shape[1]}")
+
+    @app.command("compare")
+    def compare(
+        image_a: Path = typer.Argument(..., help="First photo or aligned crop."),
+        image_b: Path = typer.Argument(..., help="Second photo or aligned crop."),
+        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        threshold: float = typer.Option(None, help="Cosine threshold for 'same' (default: model's or 0.3)."),
+        flip: bool = typer.Option(False, help="Flip-sum embeddings."),
+    ) -> None:
+        """Cosine similarity of the faces in two images and a same / different verdict."""
+        import fuseface
+
+        fm = fuseface.load(str(model))
+        r = fm.compare(image_a, image_b, threshold=threshold, flip=flip)
+        verdict = "same person" if r["same"] else "different people"
+        typer.echo(f"similarity {r['similarity']:.4f} (threshold {r['threshold']:.3f}): {verdict}")
+
+    @app.command("fuse")
+    def fuse(
+        images: list[Path] = typer.Argument(..., help="Photos (or crops) of one person."),
+        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        method: str = typer.Option("average", help="average | norm_weighted | caface."),
+        fusion_weights: Path = typer.Option(None, help="Fusion weights file (required for caface)."),
+        out: Path = typer.Option(None, help="Write the fused L2-normalised template (.npy)."),
+        compare_to: Path = typer.Option(None, help="Also print the cosine of the template with this image."),
+    ) -> None:
+        """Fuse the embeddings of several images into one L2-normalised template."""
+        import numpy as np
+
+        import fuseface
+        from fuseface.errors import ConfigError, DataError
+
+        fm = fuseface.load(str(model))
+        if method == "caface":
+            if fusion_weights is None:
+                raise ConfigError("--method caface needs --fusion-weights (a CAFace fusion weights file)")
+            from fuseface.infer.extract_features import embed_with_styles
+
+            crops, kept = [], []
+            for p in images:
+                try:
+                    crops.append(fm.prepare(p)[0])
+                    kept.append(p)
+                except DataError as exc:
+                    typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
+            if not crops:
+                raise DataError("no usable image to fuse")
+            feats, styles = embed_with_styles(fm.net, crops, fm.channel_order, input_size=fm.input_size)
+            template = fuseface.fuse(feats, method="caface", styles=styles, model=str(fusion_weights))
+        else:
+            res = fm.embed_photos(images)
+            _report_errors(res.errors)
+            if not res.ok.any():
+                raise DataError("no usable image to fuse")
+            template = fuseface.fuse(res.embeddings[res.ok], method=method,
+                                     model=str(fusion_weights) if fusion_weights else None)
+        typer.echo(f"fused {len(images)} images with {method}: template dim {template.shape[0]}")
+        if out is not None:
+            np.save(out, template)
+            typer.echo(f"wrote {out}")
+        if compare_to is not None:
+            emb, _ = fm.embed([compare_to])
+            sim = float(template @ (emb[0] / np.linalg.norm(emb[0])))
+            typer.echo(f"similarity to {compare_to}: {sim:.4f}")
+
+    @app.command("search")
+    def search(
+        gallery: Path = typer.Option(..., help="Folder of gallery photos; the identity is the sub-folder name."),
+        probe: Path = typer.Option(..., help="Probe photo."),
+        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        k: int = typer.Option(5, "-k", help="Number of neighbours."),
+        backend: str = typer.Option("auto", help="auto (faiss if installed) | numpy | faiss."),
+    ) -> None:
+        """Rank the gallery photos by cosine similarity to the probe."""
+        import fuseface
+        from fuseface.errors import DataError
+        from fuseface.infer.index import create_index
+
+        fm = fuseface.load(str(model))
+        paths = _gallery_images(gallery)
+        res = fm.embed_photos(paths, progress=len(paths) > 20)
+        _report_errors(res.errors)
+        if not res.ok.any():
+            raise DataError(f"{gallery}: no usable gallery photo")
+        index = create_index(res.embeddings.shape[1], backend=backend)
+        index.add(res.embeddings[res.ok], [p for p, ok in zip(paths, res.ok, strict=True) if ok])
+        q = fm.embed_photos([probe])
+        if q.errors:
+            raise DataError(q.errors[0])
+        scores, ids = index.search(q.embeddings, k=k)
+        typer.echo(f"probe {probe} against {len(index)} gallery faces ({index.backend}):")
+        for rank, (score, path) in enumerate(zip(scores[0], ids[0], strict=True), 1):
+            ident = Path(path).parent.name if Path(path).parent != gallery else Path(path).stem
+            typer.echo(f"{rank:>3}  {score:.4f}  {ident}  {path}")
+
+    @app.command("export")
+    def export(
+        model: Path = typer.Argument(..., help=MODEL_HELP),
+        onnx: Path = typer.Option(..., "--onnx", help="Output ONNX file (dynamic batch axis, opset 17)."),
+        fold_bn: bool = typer.Option(False, help="Fold batch norms before exporting."),
+        max_images: int = typer.Option(32, help="CAFace fusion files: fixed set size N (padded, with a mask)."),
+    ) -> None:
+        """Export a model (or a CAFace fusion weights file) to ONNX and check it against onnxruntime."""
+        from fuseface.infer.export import export_fusion_file, export_model_file, is_fusion_file
+
+        if is_fusion_file(model):
+            info = export_fusion_file(model, onnx, max_images=max_images)
+            typer.echo(f"wrote {info['path']} (CAFace, N={info['max_images']} with mask, opset {info['opset']}); "
+                       f"onnxruntime max abs diff {info['max_abs_diff']:.2e}")
+            return
+        info = export_model_file(model, onnx, fold_bn=fold_bn)
+        typer.echo(
+            f"wrote {info['path']} ({info['arch']}, {info['channel_order']}, {info['input_size']}px, "
+            f"opset {info['opset']}); onnxruntime max abs diff {info['max_abs_diff']:.2e}"
+        )

@@ -1,13 +1,23 @@
 """``FaceModel``: a backbone that knows its channel order and input size, and embeds images.
 
-``embed`` takes aligned crops (uint8 H x W x 3, **RGB**, the project-wide convention for arrays in
-memory), converts them to the channel order the network was trained on, normalises them with
-``(x/255 - 0.5)/0.5`` and returns un-normalised embeddings with their norms.
+``embed_aligned`` takes aligned crops (uint8 H x W x 3, **RGB**, the project-wide convention for
+arrays in memory), converts them to the channel order the network was trained on, normalises them
+with ``(x/255 - 0.5)/0.5`` and returns un-normalised embeddings with their norms.
+
+``embed`` also takes photos (paths or arrays): anything that is not already an ``input_size``
+square crop (or everything, with ``detect=True``) goes through MTCNN detection and the 5-point
+ArcFace alignment (:mod:`fuseface.align`), keeping one face per photo (``policy``: the largest by
+default). A photo that cannot be read or has no face does not stop the batch: its row is NaN and
+the reason is reported (``embed_photos`` returns the reasons, ``embed`` warns).
+``compare`` gives the cosine similarity of two faces and a same/different verdict at a stated
+threshold.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +25,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from fuseface.errors import DataError
 from fuseface.infer.model_file import ModelMeta, load_model
+
+#: Default cosine-similarity threshold of ``compare`` (a typical ArcFace operating point on LFW;
+#: calibrate your own with ``fuseface eval`` — a model file may store ``extra["threshold"]``).
+DEFAULT_THRESHOLD = 0.3
+
+
+@dataclass
+class EmbedResult:
+    """Per-input results of :meth:`FaceModel.embed_photos` (rows of failed inputs are NaN)."""
+
+    embeddings: np.ndarray
+    norms: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+    boxes: list[np.ndarray | None] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of the inputs that produced an embedding."""
+        mask = np.ones(len(self.embeddings), dtype=bool)
+        mask[list(self.errors)] = False
+        return mask
 
 
 def to_input_tensor(images: np.ndarray, channel_order: str) -> torch.Tensor:
@@ -70,7 +103,7 @@ class FaceModel:
 
             iterator = tqdm(batches, desc="embedding", unit="batch")
         for batch in iterator:
-            x = to_input_tensor(batch, self.channel_order).to(self.device)
+            x = self._match_input(to_input_tensor(batch, self.channel_order).to(self.device))
             emb = self.net(x)
             if flip:
                 emb = emb + self.net(torch.flip(x, dims=[3]))
@@ -78,9 +111,151 @@ class FaceModel:
         feats = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
         return feats, np.linalg.norm(feats, axis=1)
 
-    def embed(self, images: Any, batch_size: int = 64, flip: bool = False, progress: bool = False) -> Any:
-        """Embed aligned crops (see :meth:`embed_aligned`)."""
-        return self.embed_aligned(images, batch_size=batch_size, flip=flip, progress=progress)
+    def _match_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Cast the batch to the network's dtype and memory format (set by ``optimize``)."""
+        param = next(self.net.parameters(), None)
+        if param is not None and param.dtype != x.dtype and param.dtype.is_floating_point:
+            x = x.to(param.dtype)
+        if getattr(self.net, "fuseface_channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # -- photos ------------------------------------------------------------------------------
+    @property
+    def detector(self) -> Any:
+        """The face detector used for photos (MTCNN, created on first use)."""
+        if getattr(self, "_detector", None) is None:
+            from fuseface.align.mtcnn import MTCNN
+
+            self._detector = MTCNN()
+        return self._detector
+
+    @detector.setter
+    def detector(self, value: Any) -> None:
+        self._detector = value
+
+    def prepare(self, item: Any, detect: bool | None = None, policy: str = "largest") -> tuple[np.ndarray, Any]:
+        """One input (path or uint8 RGB array) -> ``(aligned crop, detection info or None)``.
+
+        ``detect=None`` detects only when the input is not already an ``input_size`` square crop.
+        Raises :class:`DataError` naming the input when it cannot be read or holds no face.
+        """
+        from fuseface.align.pipeline import align_detections, read_photo
+
+        name = str(item) if isinstance(item, (str, Path)) else "<array>"
+        image = read_photo(item) if isinstance(item, (str, Path)) else np.asarray(item)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+            raise DataError(f"{name}: expected a uint8 H x W x 3 RGB image, got {image.dtype} {image.shape}")
+        image = image[:, :, :3]
+        size = self.input_size
+        is_crop = image.shape[0] == size and image.shape[1] == size
+        if detect is False or (detect is None and is_crop):
+            if not is_crop:
+                raise DataError(f"{name}: not a {size}x{size} aligned crop (shape {image.shape}); use detect=True")
+            return np.ascontiguousarray(image), None
+        det = self.detector.detect(image)
+        faces = align_detections(image, det, policy=policy, size=size)
+        if not faces:
+            raise DataError(f"{name}: no face detected")
+        return faces[0].crop, faces[0]
+
+    def embed_photos(
+        self,
+        items: Any,
+        batch_size: int = 64,
+        flip: bool = False,
+        detect: bool | None = None,
+        policy: str = "largest",
+        progress: bool = False,
+    ) -> EmbedResult:
+        """Embed photos or crops; failures are recorded per input and the batch goes on."""
+        if isinstance(items, (str, Path)) or (isinstance(items, np.ndarray) and items.ndim == 3):
+            items = [items]
+        items = list(items)
+        crops: list[np.ndarray] = []
+        good: list[int] = []
+        result = EmbedResult(np.zeros((0, 0), np.float32), np.zeros((0,), np.float32))
+        iterator: Any = enumerate(items)
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, total=len(items), desc="detect+align", unit="image")
+        for i, item in iterator:
+            try:
+                crop, face = self.prepare(item, detect=detect, policy=policy)
+            except DataError as exc:
+                result.errors[i] = str(exc)
+                result.boxes.append(None)
+                result.scores.append(None)
+                continue
+            crops.append(crop)
+            good.append(i)
+            result.boxes.append(None if face is None else face.box)
+            result.scores.append(None if face is None else face.score)
+        feats, _ = self.embed_aligned(np.stack(crops) if crops else [], batch_size=batch_size, flip=flip)
+        dim = feats.shape[1] if len(good) else int(getattr(self.net, "num_features", 512))
+        emb = np.full((len(items), dim), np.nan, dtype=np.float32)
+        if good:
+            emb[good] = feats
+        result.embeddings = emb
+        result.norms = np.linalg.norm(emb, axis=1)
+        return result
+
+    def embed(
+        self,
+        images: Any,
+        batch_size: int = 64,
+        flip: bool = False,
+        progress: bool = False,
+        detect: bool | None = None,
+        policy: str = "largest",
+    ) -> Any:
+        """Embed aligned crops, or photos (paths / arrays) after detection and alignment.
+
+        Returns ``(embeddings (N, D) float32 un-normalised, norms (N,))``. A uint8 array of shape
+        (N, S, S, 3) with S = ``input_size`` is taken as aligned crops (fast path). Inputs that fail
+        (unreadable, no face) give NaN rows and a warning naming them; use :meth:`embed_photos` to
+        get the reasons programmatically.
+        """
+        if (
+            detect is not True
+            and isinstance(images, np.ndarray)
+            and images.ndim == 4
+            and images.shape[1:3] == (self.input_size, self.input_size)
+        ):
+            return self.embed_aligned(images, batch_size=batch_size, flip=flip, progress=progress)
+        res = self.embed_photos(images, batch_size=batch_size, flip=flip, detect=detect, policy=policy,
+                                progress=progress)
+        for msg in res.errors.values():
+            warnings.warn(msg, stacklevel=2)
+        return res.embeddings, res.norms
+
+    def compare(
+        self, image_a: Any, image_b: Any, threshold: float | None = None, flip: bool = False
+    ) -> dict[str, Any]:
+        """Cosine similarity of the faces in two inputs and the verdict ``similarity >= threshold``.
+
+        The threshold defaults to the model file's ``extra["threshold"]`` or :data:`DEFAULT_THRESHOLD`.
+        Raises :class:`DataError` when either input cannot be used.
+        """
+        if threshold is None:
+            threshold = float(self.meta.extra.get("threshold", DEFAULT_THRESHOLD))
+        res = self.embed_photos([image_a, image_b], flip=flip)
+        if res.errors:
+            raise DataError("; ".join(res.errors.values()))
+        a, b = res.embeddings
+        sim = float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+        return {"similarity": sim, "threshold": threshold, "same": sim >= threshold,
+                "norms": (float(res.norms[0]), float(res.norms[1]))}
+
+    def optimize(self, **kwargs: Any) -> FaceModel:
+        """Fold batch norms etc. in place (see :func:`fuseface.infer.optimize.prepare_for_inference`)."""
+        from fuseface.infer.optimize import prepare_for_inference
+
+        self.net = prepare_for_inference(self.net, **kwargs)
+        return self
 
 
 def _batched(images: Any, batch_size: int) -> list[np.ndarray]:

@@ -1,0 +1,351 @@
+"""Photos to aligned crops: read, detect, choose faces, align, write; resumable.
+
+``align_folder(src, dst)`` walks a folder (or reads a list file of paths), and for every photo
+writes the aligned 112x112 crop(s) to ``dst`` under the same relative path, mirroring the tree.
+Beside the crops:
+
+* ``faces.jsonl`` — one JSON line per source photo, appended as the run goes (``source``,
+  ``status`` ``ok``/``failed``, ``reason``, and per face ``output``, ``box``, ``score``,
+  ``landmarks``); it is also the resume journal: photos already recorded are skipped;
+* ``faces.csv`` — the same faces as a table (rewritten at the end of each run);
+* ``failures.txt`` — ``source<TAB>reason`` for unreadable photos and photos with no face.
+
+Several faces: ``policy="largest"`` (default), ``"central"`` (nearest the image centre) or
+``"all"`` (crops named ``stem_0``, ``stem_1`` ...). A crash loses at most the photo in progress:
+its crop is rewritten on the next run because its journal line was not yet written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fuseface.align.detector import FaceDetector, LandmarkFile, select_faces
+from fuseface.align.mtcnn import Detections
+from fuseface.align.similarity import align_face
+from fuseface.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
+#: Photos above this many pixels are refused with a clear error (decoding them would need GBs).
+MAX_PIXELS = 80_000_000
+
+
+def _pixel_count(path: Path) -> int | None:
+    """Width x height from the header (Pillow reads it lazily), or None when Pillow cannot tell."""
+    try:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, with a clearer message
+        with Image.open(path) as im:
+            return int(im.size[0]) * int(im.size[1])
+    except Exception:
+        return None
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.seek(0)  # first frame of a GIF
+        return np.asarray(im.convert("RGB"))
+
+
+def read_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read any photo as uint8 H x W x 3 **RGB** (grey and RGBA converted; GIF via Pillow).
+
+    Raises :class:`DataError` naming the file when it is missing, undecodable or larger than
+    ``max_pixels``. Uses ``fuseface.data.images.read_image`` when it can, Pillow otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    pixels = _pixel_count(path)
+    if pixels is not None and pixels > max_pixels:
+        raise DataError(f"{path}: image too large ({pixels / 1e6:.0f} megapixels > {max_pixels / 1e6:.0f})")
+    image: np.ndarray | None = None
+    try:
+        from fuseface.data.images import read_image  # helper "data"; optional here
+
+        image = read_image(path, channel_order="rgb")
+    except ImportError:
+        image = None
+    except DataError:
+        image = None  # e.g. GIF, which cv2 cannot decode: try Pillow below
+    if image is None:
+        import cv2
+
+        buf = np.fromfile(str(path), dtype=np.uint8)
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        if bgr is not None:
+            image = np.ascontiguousarray(bgr[:, :, ::-1])
+        else:
+            try:
+                image = _read_with_pillow(path)
+            except Exception as exc:
+                raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
+        raise DataError(f"{path}: unexpected image shape {image.shape}")
+    return np.ascontiguousarray(image[:, :, :3].astype(np.uint8, copy=False))
+
+
+@dataclass
+class AlignedFace:
+    """One aligned crop and where it came from."""
+
+    crop: np.ndarray
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+
+def align_detections(
+    image: np.ndarray, det: Detections, policy: str = "largest", size: int = 112
+) -> list[AlignedFace]:
+    """Align the faces chosen by ``policy`` from a detection result."""
+    return [
+        AlignedFace(align_face(image, det.landmarks[i], size), det.boxes[i], float(det.scores[i]), det.landmarks[i])
+        for i in select_faces(det, image.shape, policy)
+    ]
+
+
+def list_photos(src: str | Path) -> tuple[Path, list[Path]]:
+    """``(root, relative paths)`` of the photos under a folder (recursive, sorted), or of the paths
+    listed one per line in a text file (absolute, or relative to the list file's folder; ``root`` is
+    then their deepest common folder). Files without an extension are included (Yale's GIFs have
+    none); unreadable ones end in the failures file."""
+    src = Path(src)
+    if src.is_dir():
+        rels = [
+            p.relative_to(src)
+            for p in sorted(src.rglob("*"))
+            if p.is_file() and (p.suffix.lower() in IMAGE_EXTENSIONS or p.suffix == "")
+            and not p.name.startswith(".") and p.name not in ("README", "LICENSE")
+        ]
+        return src, rels
+    if src.is_file():
+        entries = []
+        for line in src.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = Path(line)
+                entries.append((p if p.is_absolute() else src.parent / p).resolve())
+        if not entries:
+            return src.parent, []
+        # root = the deepest folder holding every listed photo, so outputs mirror the tree below it
+        root = Path(os.path.commonpath([str(e.parent) for e in entries]))
+        return root, [e.relative_to(root) for e in entries]
+    raise DataError(f"{src}: neither a folder nor a list file")
+
+
+@dataclass
+class AlignReport:
+    """What one ``align_folder`` run did."""
+
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    faces: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _output_names(rel: Path, count: int, ext: str) -> list[Path]:
+    stem = rel.with_suffix("") if rel.suffix.lower() in IMAGE_EXTENSIONS else rel
+    if count == 1:
+        return [stem.with_name(stem.name + ext)]
+    return [stem.with_name(f"{stem.name}_{k}{ext}") for k in range(count)]
+
+
+def _safe_output(dst: Path, out_rel: Path, source: Path) -> Path:
+    """``dst / out_rel``, refusing anything outside ``dst`` or equal to the source photo (a crop
+    must never overwrite an input)."""
+    out = (dst / out_rel).resolve()
+    if out.is_absolute() and not out.is_relative_to(dst.resolve()):
+        raise DataError(f"{out_rel}: output would fall outside {dst}")
+    if out == source.resolve():
+        raise DataError(f"{source}: output would overwrite the input photo")
+    return out
+
+
+def _read_journal(path: Path) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: that photo is simply redone
+            records[rec["source"]] = rec
+    return records
+
+
+def _write_tables(dst: Path, records: dict[str, dict[str, Any]]) -> None:
+    with open(dst / "faces.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        header = ["source", "output", "score", "x1", "y1", "x2", "y2"]
+        header += [f"{a}{i}" for i in range(1, 6) for a in ("lx", "ly")]
+        writer.writerow(header)
+        for rec in sorted(records.values(), key=lambda r: r["source"]):
+            for face in rec.get("faces", []):
+                lmk = [round(v, 3) for pt in face["landmarks"] for v in pt]
+                writer.writerow([rec["source"], face["output"], face["score"], *face["box"], *lmk])
+    with open(dst / "failures.txt", "w") as fh:
+        for rec in sorted(records.values(), key=lambda r: r["source"]):
+            if rec["status"] != "ok":
+                fh.write(f"{rec['source']}\t{rec['reason']}\n")
+
+
+def iter_detections(
+    root: Path, rels: list[Path], detector: FaceDetector | None, landmarks: LandmarkFile | None
+) -> Iterator[tuple[Path, np.ndarray | None, Detections | None, str]]:
+    """Yield ``(rel, image, detections, error)`` per photo; errors never stop the iteration."""
+    for rel in rels:
+        try:
+            image = read_photo(root / rel)
+            det = landmarks.lookup(str(rel)) if landmarks is not None else detector.detect(image)  # type: ignore[union-attr]
+        except DataError as exc:
+            yield rel, None, None, str(exc)
+            continue
+        yield rel, image, det, ""
+
+
+def align_folder(
+    src: str | Path,
+    dst: str | Path,
+    detector: FaceDetector | None = None,
+    policy: str = "largest",
+    size: int = 112,
+    ext: str = ".jpg",
+    landmarks: str | Path | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+) -> AlignReport:
+    """Align every photo under ``src`` into ``dst`` (see the module docstring); resumable.
+
+    Args:
+        detector: default :class:`fuseface.align.mtcnn.MTCNN` (unless ``landmarks`` is given).
+        landmarks: a landmark file (:class:`LandmarkFile`) used instead of a detector.
+        limit: process at most this many new photos (then stop, as an interruption would).
+    """
+    import cv2
+
+    root, rels = list_photos(src)
+    dst = Path(dst)
+    dst_abs = dst.resolve()
+    rels = [r for r in rels if not (root / r).resolve().is_relative_to(dst_abs)]  # DST inside SRC
+    dst.mkdir(parents=True, exist_ok=True)
+    journal_path = dst / "faces.jsonl"
+    (dst / SOURCE_FILE).write_text(str(root.resolve()) + "\n")
+    records = _read_journal(journal_path)
+    todo = [r for r in rels if str(r) not in records]
+    report = AlignReport(skipped=len(rels) - len(todo))
+    if limit is not None:
+        todo = todo[:limit]
+    lmk_file = LandmarkFile(landmarks) if landmarks is not None else None
+    if lmk_file is None and detector is None and todo:
+        from fuseface.align.mtcnn import MTCNN
+
+        detector = MTCNN()
+    items: Any = iter_detections(root, todo, detector, lmk_file)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, total=len(todo), desc="aligning", unit="photo")
+    with open(journal_path, "a") as journal:
+        for rel, image, det, error in items:
+            rec: dict[str, Any] = {"source": str(rel), "status": "ok", "reason": "", "faces": []}
+            faces = align_detections(image, det, policy, size) if image is not None and det is not None else []
+            if error or not faces:
+                rec.update(status="failed", reason=error or "no face detected")
+                report.failed += 1
+                report.failures.append((str(rel), rec["reason"]))
+            for out_rel, face in zip(_output_names(rel, len(faces), ext), faces, strict=True):
+                out = _safe_output(dst, out_rel, root / rel)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(out), np.ascontiguousarray(face.crop[:, :, ::-1])):
+                    raise DataError(f"{out}: cannot write aligned crop")
+                rec["faces"].append(
+                    {
+                        "output": str(out_rel),
+                        "box": [round(float(v), 2) for v in face.box],
+                        "score": round(face.score, 5),
+                        "landmarks": [[round(float(v), 3) for v in pt] for pt in face.landmarks],
+                    }
+                )
+                report.faces += 1
+            journal.write(json.dumps(rec) + "\n")
+            journal.flush()
+            records[rec["source"]] = rec
+            report.processed += 1
+    _write_tables(dst, records)
+    return report
+
+
+SOURCE_FILE = "source.txt"
+
+
+def _lfw_pairs(pairs_path: Path) -> list[tuple[str, str, bool]]:
+    """``(relative path a, relative path b, issame)`` without extension, in file order, parsed by
+    helper "eval"'s ``fuseface.data.lfw.read_pairs`` (View 2: ``name/name_%04d``)."""
+    from fuseface.data.lfw import read_pairs
+
+    def stem(rel: str) -> str:
+        return str(Path(rel).with_suffix(""))
+
+    return [(stem(p.path1), stem(p.path2), bool(p.same)) for p in read_pairs(pairs_path)]
+
+
+def build_lfw_bin(aligned: str | Path, pairs: str | Path, out: str | Path, ext: str = ".jpg") -> dict[str, Any]:
+    """Aligned LFW crops + ``pairs.txt`` -> a ``.bin`` (``fuseface.data.binfile.save_bin``).
+
+    A crop missing because detection failed is replaced by the photo aligned with the **mean
+    landmarks** of the detected LFW faces (read from ``faces.jsonl``; the source folder from
+    ``source.txt`` that ``align_folder`` writes), and counted in ``fallback``.
+    """
+    import cv2
+
+    from fuseface.align.similarity import align_face
+
+    aligned, pairs, out = Path(aligned), Path(pairs), Path(out)
+    if not pairs.is_file():
+        from fuseface.errors import ProtocolFileError
+
+        raise ProtocolFileError(f"{pairs}: pairs file not found")
+    records = _read_journal(aligned / "faces.jsonl")
+    ok_lmk = [f["landmarks"] for r in records.values() if r["status"] == "ok" for f in r["faces"][:1]]
+    mean_lmk = np.mean(np.asarray(ok_lmk, dtype=np.float64), axis=0) if ok_lmk else None
+    src_file = aligned / SOURCE_FILE
+    src_root = Path(src_file.read_text().strip()) if src_file.is_file() else None
+    by_stem = {str(Path(r["source"]).with_suffix("")): r for r in records.values()}
+    fallback = 0
+
+    def load(rel: str) -> np.ndarray:
+        nonlocal fallback
+        path = aligned / (rel + ext)
+        if path.is_file():
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is not None:
+                return np.ascontiguousarray(bgr[:, :, ::-1])
+        rec = by_stem.get(rel)
+        if rec is not None and src_root is not None and mean_lmk is not None:
+            fallback += 1
+            return align_face(read_photo(src_root / rec["source"]), mean_lmk)
+        raise DataError(f"{path}: aligned crop missing and no fallback (run `fuseface align` on LFW first)")
+
+    pair_list = _lfw_pairs(pairs)
+    images = np.stack([load(p) for a, b, _ in pair_list for p in (a, b)])
+    issame = np.asarray([s for _, _, s in pair_list], dtype=bool)
+    from fuseface.data.binfile import save_bin  # helper "eval"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_bin(out, images, issame)
+    return {"pairs": len(pair_list), "fallback": fallback, "path": str(out)}

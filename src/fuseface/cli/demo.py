@@ -1,9 +1,33 @@
-"""`fuseface` commands of this group (see `fuseface.cli.main`)."""
+"""`fuseface demo`: synthetic faces -> small MSConv backbone -> verification report
+(see `fuseface.experiments.demo.run_demo`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this module's commands to the root app or to a shared group."""
+
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (report, plots, cached data)."),
+        quick: bool = typer.Option(False, "--quick", help="Tiny settings for a smoke run (well under a minute)."),
+        engine: str = typer.Option(
+            "auto", "--engine", help="auto: the training engine when installed, else the built-in loop; "
+            "builtin or engine to force one."
+        ),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the table."),
+        set_fusion: bool = typer.Option(
+            True, "--set-fusion/--no-set-fusion", help="Add the set-fusion (CAFace vs. pooling) section when available."
+        ),
+    ) -> None:
+        """Generate synthetic faces, train a small backbone on CPU, evaluate held-out verification, write a report."""
+        from fuseface.experiments.demo import run_demo
+
+        if engine not in ("auto", "builtin", "engine"):
+            raise typer.BadParameter("--engine must be auto, builtin or engine")
+        report = run_demo(out, quick=quick, progress=progress, engine=engine, set_fusion=set_fusion)
+        typer.echo(f"report written to {report}")

@@ -1,0 +1,1 @@
+"""End-to-end experiments on embedded data: :mod:`fuseface.experiments.demo` (``fuseface demo``)."""

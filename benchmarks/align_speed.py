@@ -66,11 +66,17 @@ def bench_detection(files: list[Path]) -> dict[str, float]:
     total = t_read + t_det + t_align
     cpu = time.process_time() - cpu0
     return {
-        "images_per_cpu_s": len(files) / cpu, "ms_cpu_per_image": 1000 * cpu / len(files),
-        "photos": len(files), "detected": found, "detection_rate": found / len(files),
-        "multi_face_photos": multi, "images_per_s": len(files) / total,
-        "ms_read": 1000 * t_read / len(files), "ms_detect": 1000 * t_det / len(files),
-        "ms_align": 1000 * t_align / len(files), "failures": failures[:50],
+        "images_per_cpu_s": len(files) / cpu,
+        "ms_cpu_per_image": 1000 * cpu / len(files),
+        "photos": len(files),
+        "detected": found,
+        "detection_rate": found / len(files),
+        "multi_face_photos": multi,
+        "images_per_s": len(files) / total,
+        "ms_read": 1000 * t_read / len(files),
+        "ms_detect": 1000 * t_det / len(files),
+        "ms_align": 1000 * t_align / len(files),
+        "failures": failures[:50],
     }
 
 
@@ -110,8 +116,11 @@ def bench_precision(arch: str, batch: int, iters: int) -> dict[str, dict[str, fl
                 best_wall[name] = min(best_wall[name], time.perf_counter() - w0)
                 best_cpu[name] = min(best_cpu[name], time.process_time() - c0)
     return {
-        name: {"img_per_s_wall": batch / best_wall[name], "img_per_cpu_s": batch / best_cpu[name],
-               "min_cosine_vs_fp32": cos[name]}
+        name: {
+            "img_per_s_wall": batch / best_wall[name],
+            "img_per_cpu_s": batch / best_cpu[name],
+            "min_cosine_vs_fp32": cos[name],
+        }
         for name in variants
     }
 
@@ -138,10 +147,14 @@ def main() -> None:
         result["lfw_detection_full" if args.full else "lfw_detection"] = det
         header = ("photos", "detected", "rate", "img/s", "read ms", "detect ms", "align ms")
         print("{:>8} {:>9} {:>8} {:>7} {:>8} {:>10} {:>9}".format(*header))
-        print(f"{det['photos']:>8} {det['detected']:>9} {det['detection_rate']:>8.4f} {det['images_per_s']:>7.1f} "
-              f"{det['ms_read']:>8.1f} {det['ms_detect']:>10.1f} {det['ms_align']:>9.2f}")
-        print(f"CPU time: {det['ms_cpu_per_image']:.1f} ms per photo = "
-              f"{det['images_per_cpu_s']:.1f} photos per CPU-second")
+        print(
+            f"{det['photos']:>8} {det['detected']:>9} {det['detection_rate']:>8.4f} {det['images_per_s']:>7.1f} "
+            f"{det['ms_read']:>8.1f} {det['ms_detect']:>10.1f} {det['ms_align']:>9.2f}"
+        )
+        print(
+            f"CPU time: {det['ms_cpu_per_image']:.1f} ms per photo = "
+            f"{det['images_per_cpu_s']:.1f} photos per CPU-second"
+        )
     if args.precision:
         for arch in args.archs.split(","):
             res = bench_precision(arch, args.batch, args.iters)
@@ -149,8 +162,10 @@ def main() -> None:
             print(f"\n{arch}, batch {args.batch}, {args.threads} thread(s)")
             print(f"  {'variant':<30} {'img/s wall':>10} {'img/CPU-s':>10} {'min cos':>8}")
             for key, v in res.items():
-                print(f"  {key:<30} {v['img_per_s_wall']:>10.2f} {v['img_per_cpu_s']:>10.2f} "
-                      f"{v['min_cosine_vs_fp32']:>8.5f}")
+                print(
+                    f"  {key:<30} {v['img_per_s_wall']:>10.2f} {v['img_per_cpu_s']:>10.2f} "
+                    f"{v['min_cosine_vs_fp32']:>8.5f}"
+                )
     result["loadavg_end"] = os.getloadavg()[0]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, default=float))

@@ -70,8 +70,9 @@ def _vm_hwm_mib() -> float:
     return float("nan")
 
 
-def run_case(backbone: str, kwargs: dict[str, Any], mode: str, batch: int, warmup: int, repeats: int,
-             threads: int) -> dict[str, Any]:
+def run_case(
+    backbone: str, kwargs: dict[str, Any], mode: str, batch: int, warmup: int, repeats: int, threads: int
+) -> dict[str, Any]:
     """Measure one case in this process (called in the subprocess)."""
     import torch
 
@@ -169,10 +170,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{name:42s} skipped: {why}", flush=True)
             continue
-        spec = {"backbone": backbone, "kwargs": kwargs, "mode": mode, "batch": batch, "warmup": warmup,
-                "repeats": repeats, "threads": args.threads}
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, env=env, cwd=ROOT)
+        spec = {
+            "backbone": backbone,
+            "kwargs": kwargs,
+            "mode": mode,
+            "batch": batch,
+            "warmup": warmup,
+            "repeats": repeats,
+            "threads": args.threads,
+        }
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT
+        )
         if proc.returncode != 0:
             row["skipped"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
         else:
@@ -181,15 +190,23 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in row:
             print(f"{name:42s} {row['skipped']}", flush=True)
         else:
-            print(f"{name:42s} {row['images_per_s']:8.2f} img/s  {row['images_per_cpu_s']:8.2f} img/cpu-s  "
-                  f"{row['peak_rss_mib']:8.0f} MiB", flush=True)
+            print(
+                f"{name:42s} {row['images_per_s']:8.2f} img/s  {row['images_per_cpu_s']:8.2f} img/cpu-s  "
+                f"{row['peak_rss_mib']:8.0f} MiB",
+                flush=True,
+            )
 
     by_name = {r["name"]: r for r in rows if "images_per_s" in r}
     ratios = []
     for label, base, other in RATIOS:
         if base in by_name and other in by_name:
-            ratios.append({"ratio": label, "value": by_name[base]["images_per_s"] / by_name[other]["images_per_s"],
-                           "value_cpu": by_name[base]["images_per_cpu_s"] / by_name[other]["images_per_cpu_s"]})
+            ratios.append(
+                {
+                    "ratio": label,
+                    "value": by_name[base]["images_per_s"] / by_name[other]["images_per_s"],
+                    "value_cpu": by_name[base]["images_per_cpu_s"] / by_name[other]["images_per_cpu_s"],
+                }
+            )
     _print_table(rows, ratios)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {
@@ -222,8 +239,14 @@ def _print_table(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> No
         if "skipped" in r:
             table.add_row(r["name"], str(r["batch"]), "skipped", r["skipped"][:60], "", "")
         else:
-            table.add_row(r["name"], str(r["batch"]), f"{r['images_per_s']:.2f}", f"{r['images_per_cpu_s']:.2f}",
-                          f"{r['peak_rss_mib']:.0f}", f"{r['params_m']:.2f}")
+            table.add_row(
+                r["name"],
+                str(r["batch"]),
+                f"{r['images_per_s']:.2f}",
+                f"{r['images_per_cpu_s']:.2f}",
+                f"{r['peak_rss_mib']:.0f}",
+                f"{r['params_m']:.2f}",
+            )
     console = Console()
     console.print(table)
     for r in ratios:

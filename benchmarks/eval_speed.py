@@ -282,8 +282,12 @@ def case_ijbc11(impl: str) -> dict:
         score = ref_scores(tf, ut, p1, p2)
         tar, a = ref_tar(label, score)
     total = time.perf_counter() - t0
-    return {"seconds": total, "load_features_s": t_load, "read_protocol_s": t_meta,
-            "result": {"tar_at_far": {str(k): v for k, v in tar.items()}, "auc": a}}
+    return {
+        "seconds": total,
+        "load_features_s": t_load,
+        "read_protocol_s": t_meta,
+        "result": {"tar_at_far": {str(k): v for k, v in tar.items()}, "auc": a},
+    }
 
 
 def case_ijbc1n(impl: str) -> dict:
@@ -312,8 +316,10 @@ def case_ijbc1n(impl: str) -> dict:
         top1, rec1 = ref_evaluation_1n(fp, f1, ip, i1, fpirs)
         top2, rec2 = ref_evaluation_1n(fp, f2, ip, i2, fpirs)
         n = fp.shape[0]
-        out = {"tpir": [(a + b) / 2 for a, b in zip(rec1, rec2, strict=True)],
-               "cmc": [(a + b) / n for a, b in zip(top1, top2, strict=True)]}
+        out = {
+            "tpir": [(a + b) / 2 for a, b in zip(rec1, rec2, strict=True)],
+            "cmc": [(a + b) / n for a, b in zip(top1, top2, strict=True)],
+        }
     return {"seconds": time.perf_counter() - t0, "load_features_s": t_load, "result": out}
 
 
@@ -363,13 +369,20 @@ def main() -> None:
     for case, r in rows.items():
         o, f = r["ours"], r["reference"] or {}
         ratio = f.get("seconds", float("nan")) / o.get("seconds", float("nan")) if "seconds" in o else float("nan")
-        print(f"| {case} | {o.get('seconds', float('nan')):.2f} | {o.get('peak_mib', float('nan')):.0f} | "
-              f"{f.get('seconds', float('nan')):.2f} | {f.get('peak_mib', float('nan')):.0f} | {ratio:.1f}x | "
-              f"{r['identical']} |")
+        print(
+            f"| {case} | {o.get('seconds', float('nan')):.2f} | {o.get('peak_mib', float('nan')):.0f} | "
+            f"{f.get('seconds', float('nan')):.2f} | {f.get('peak_mib', float('nan')):.0f} | {ratio:.1f}x | "
+            f"{r['identical']} |"
+        )
     out = Path(__file__).parent / "results" / "eval_speed.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cpu_count": os.cpu_count(), "note": "2 cores shared with other agents",
-                               "cases": rows}, indent=2, default=str))
+    out.write_text(
+        json.dumps(
+            {"cpu_count": os.cpu_count(), "note": "2 cores shared with other agents", "cases": rows},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -92,8 +92,13 @@ def run_case(method: str, n: int, threads: int) -> dict[str, object]:
         cpu += time.process_time() - c
         reps += 1
     record: dict[str, object] = {
-        "method": method, "n": n, "threads": threads, "reps": reps, "seconds_per_template": wall / reps,
-        "images_per_s_wall": n * reps / wall, "images_per_s_cpu": n * reps / max(cpu, 1e-9),
+        "method": method,
+        "n": n,
+        "threads": threads,
+        "reps": reps,
+        "seconds_per_template": wall / reps,
+        "images_per_s_wall": n * reps / wall,
+        "images_per_s_cpu": n * reps / max(cpu, 1e-9),
         "peak_extra_mib": _vm("VmHWM") - rss0,
     }
     if method == "caface_stream" and n >= 1024:
@@ -173,14 +178,25 @@ def main() -> None:
             else:
                 extra = ""
                 if "max_abs_diff_vs_sequential" in row:
-                    extra = (f"  seq {row['sequential_images_per_s_cpu']:>9.0f} img/cpu-s"
-                             f"  |diff| {row['max_abs_diff_vs_sequential']:.1e}")
-                print(f"{method:15s} N={n:>7d}  {row['seconds_per_template']:.5f} s  "
-                      f"{row['images_per_s_wall']:>9.0f} img/s  {row['images_per_s_cpu']:>9.0f} img/cpu-s  "
-                      f"+{row['peak_extra_mib']:.1f} MiB{extra}", flush=True)
+                    extra = (
+                        f"  seq {row['sequential_images_per_s_cpu']:>9.0f} img/cpu-s"
+                        f"  |diff| {row['max_abs_diff_vs_sequential']:.1e}"
+                    )
+                print(
+                    f"{method:15s} N={n:>7d}  {row['seconds_per_template']:.5f} s  "
+                    f"{row['images_per_s_wall']:>9.0f} img/s  {row['images_per_s_cpu']:>9.0f} img/cpu-s  "
+                    f"+{row['peak_extra_mib']:.1f} MiB{extra}",
+                    flush=True,
+                )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"rows": rows, "loadavg_at_start": load, "loadavg_at_end": os.getloadavg()[0],
-               "threads": args.threads, "cpu_count": os.cpu_count(), "torch_note": "CPU, float32, inference_mode"}
+    payload = {
+        "rows": rows,
+        "loadavg_at_start": load,
+        "loadavg_at_end": os.getloadavg()[0],
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "torch_note": "CPU, float32, inference_mode",
+    }
     (RESULTS / "fusion_speed.json").write_text(json.dumps(payload, indent=1))
     _plot(rows, RESULTS / "fusion_speed.png")
     print(f"wrote {RESULTS / 'fusion_speed.json'} and fusion_speed.png (load average {load:.1f} at start)")

@@ -32,8 +32,12 @@ def config(out_dir: Path, cache: Path, model: str, batch: int, steps: int, threa
         "task": "recognition",
         "out_dir": str(out_dir),
         "model": {"name": model, "kwargs": {}},
-        "data": {"kind": "synthetic", "image_size": 112, "num_workers": 1,
-                 "synthetic": {"num_identities": 64, "images_per_identity": 8, "seed": 0, "cache_dir": str(cache)}},
+        "data": {
+            "kind": "synthetic",
+            "image_size": 112,
+            "num_workers": 1,
+            "synthetic": {"num_identities": 64, "images_per_identity": 8, "seed": 0, "cache_dir": str(cache)},
+        },
         "loss": {"name": "arcface"},
         "optim": {"name": "sgd", "lr": 0.02},
         "train": {"steps": steps, "batch_size": batch, "device": "cpu", "num_threads": threads},
@@ -57,8 +61,19 @@ def run(cfg: dict[str, Any], workdir: Path, nproc: int) -> float:
     if nproc == 1:
         cmd = [sys.executable, "-m", "fuseface.cli.main", "train", "--config", str(path)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "fuseface.cli.main", "train", "--config", str(path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "fuseface.cli.main",
+            "train",
+            "--config",
+            str(path),
+        ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
@@ -77,12 +92,14 @@ def main() -> None:
         cache = work / "synthetic"
         for model in ("ir18", "ir50"):
             ips = run(config(work / f"{model}_1p", cache, model, 32, steps, 2), work, 1)
-            rows.append({"model": model, "processes": 1, "threads_per_process": 2, "global_batch": 32,
-                         "images_per_s": ips})
+            rows.append(
+                {"model": model, "processes": 1, "threads_per_process": 2, "global_batch": 32, "images_per_s": ips}
+            )
             print(f"{model} 1 process: {ips:.2f} img/s", flush=True)
         ips2 = run(config(work / "ir18_2p", cache, "ir18", 16, steps, 1), work, 2)
-        rows.append({"model": "ir18", "processes": 2, "threads_per_process": 1, "global_batch": 32,
-                     "images_per_s": ips2})
+        rows.append(
+            {"model": "ir18", "processes": 2, "threads_per_process": 1, "global_batch": 32, "images_per_s": ips2}
+        )
         print(f"ir18 2 gloo processes: {ips2:.2f} img/s", flush=True)
     one = next(r["images_per_s"] for r in rows if r["model"] == "ir18" and r["processes"] == 1)
     result = {
@@ -100,8 +117,10 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("\n| model | processes x threads | global batch | images/s |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['processes']} x {r['threads_per_process']} | {r['global_batch']} | "
-              f"{r['images_per_s']:.2f} |")
+        print(
+            f"| {r['model']} | {r['processes']} x {r['threads_per_process']} | {r['global_batch']} | "
+            f"{r['images_per_s']:.2f} |"
+        )
     print(f"\n2 gloo processes / 1 process throughput (ir18): {ips2 / one:.2f}")
     print(f"load average at the end: {result['load_average_at_end']}")
 

@@ -53,8 +53,15 @@ def tiny_config_dict(out_dir: Path, cache_dir: Path, **train: Any) -> dict[str, 
         # multi-step milestones in epochs do not depend on train.steps, so a run stopped early
         # and resumed with more steps follows the same learning rates
         "schedule": {"name": "multistep", "milestones": [1.0], "gamma": 0.5, "warmup_steps": 1},
-        "train": {"steps": 6, "batch_size": 8, "device": "cpu", "seed": 7, "num_threads": 1, "deterministic": True,
-                  **train},
+        "train": {
+            "steps": 6,
+            "batch_size": 8,
+            "device": "cpu",
+            "seed": 7,
+            "num_threads": 1,
+            "deterministic": True,
+            **train,
+        },
         "checkpoint": {"every": 3, "keep": 3},
         "log": {"every": 1, "progress": False, "tensorboard": False},
     }

@@ -30,8 +30,9 @@ class IJBFixture:
     probe: tuple[np.ndarray, np.ndarray]
 
 
-def write_ijb(root: Path, target: str = "IJBC", n_subjects: int = 12, dim: int = 16, seed: int = 0,
-              noise: float = 2.5) -> IJBFixture:
+def write_ijb(
+    root: Path, target: str = "IJBC", n_subjects: int = 12, dim: int = 16, seed: int = 0, noise: float = 2.5
+) -> IJBFixture:
     """A tiny IJB protocol: each subject has one gallery template (in G1 or G2 alternately) and two
     probe templates; probes of the last subject have no gallery mate in either gallery... (subjects
     alternate galleries, so every probe is mated in exactly one of them)."""
@@ -95,8 +96,18 @@ def write_ijb(root: Path, target: str = "IJBC", n_subjects: int = 12, dim: int =
             f.write(f"{t},{s + 1},frames/{t}.jpg\n")
     probe = (np.array([t for t, _ in probe_t]), np.array([s + 1 for _, s in probe_t]))
     (root / target / "loose_crop").mkdir(exist_ok=True)
-    return IJBFixture(root, target, feats.astype(np.float32), flips.astype(np.float32), np.array(templates),
-                      np.array(medias), faceness.astype(np.float32), pairs_arr, gallery, probe)
+    return IJBFixture(
+        root,
+        target,
+        feats.astype(np.float32),
+        flips.astype(np.float32),
+        np.array(templates),
+        np.array(medias),
+        faceness.astype(np.float32),
+        pairs_arr,
+        gallery,
+        probe,
+    )
 
 
 def _face(rng: np.random.Generator, size: int = 24) -> np.ndarray:
@@ -120,8 +131,13 @@ def write_tinyface(root: Path, n_ids: int = 6, seed: int = 0) -> dict[str, list[
     for d, names in (("Probe", probes), ("Gallery_Match", matches), ("Gallery_Distractor", distractors)):
         for n in names:
             cv2.imwrite(str(test / d / n), _face(rng))
-    cell = lambda names: np.array([[np.array([n]), np.array([[int(n.split("_")[0])]])] for n in names],  # noqa: E731
-                                  dtype=object)
+
+    def cell(names):
+        return np.array(
+            [[np.array([n]), np.array([[int(n.split("_")[0])]])] for n in names],
+            dtype=object,
+        )
+
     savemat(test / "probe_img_ID_pairs.mat", {"probe_set": cell(probes)})
     savemat(test / "gallery_match_img_ID_pairs.mat", {"gallery_set": cell(matches)})
     return {"probe": probes, "match": matches, "distractor": sorted(distractors)}

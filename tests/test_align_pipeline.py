@@ -95,8 +95,9 @@ def test_read_photo_errors_name_the_file(tmp_path: Path) -> None:
 def test_policies_on_real_photos(tmp_path: Path, shared_data: Path) -> None:
     from fuseface.align.weights import weights_present
 
-    require_or_skip(weights_present(), "MTCNN weights missing: run `fuseface models fetch mtcnn`",
-                    "FUSEFACE_REQUIRE_MTCNN")
+    require_or_skip(
+        weights_present(), "MTCNN weights missing: run `fuseface models fetch mtcnn`", "FUSEFACE_REQUIRE_MTCNN"
+    )
     from fuseface.align.mtcnn import MTCNN
 
     src = tmp_path / "src"
@@ -114,8 +115,11 @@ def test_policies_on_real_photos(tmp_path: Path, shared_data: Path) -> None:
     assert largest.faces == 2
     rec = [json.loads(x) for x in (tmp_path / "largest" / "faces.jsonl").read_text().splitlines()]
     two = next(r for r in rec if r["source"] == "two.jpg")
-    all_two = next(json.loads(x) for x in (tmp_path / "all" / "faces.jsonl").read_text().splitlines()
-                   if json.loads(x)["source"] == "two.jpg")
+    all_two = next(
+        json.loads(x)
+        for x in (tmp_path / "all" / "faces.jsonl").read_text().splitlines()
+        if json.loads(x)["source"] == "two.jpg"
+    )
     areas = [(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]) for f in all_two["faces"]]
     assert two["faces"][0]["box"] == all_two["faces"][int(np.argmax(areas))]["box"]
     crop = cv2.imread(str(tmp_path / "largest" / "two.jpg"))

@@ -22,30 +22,65 @@ def _released_layout(m: int = 4, depth: int = 2, conf: int = 512) -> dict[str, t
     (transformer_module.AttnBlock: norm1, attn.qkv, attn.proj, norm2, mlp.fc1/fc2), cluster_block
     (norm_tokens, norm_x, assign.q_proj/k_proj)}, conf_mlp = depth MixerBlocks + Mlp), norm_emb
     (SinusoidalEncoding: norm_bn without affine, pe buffer, scale), input_maker = Identity)."""
-    bn = lambda p, c: {f"{p}.weight": (c,), f"{p}.bias": (c,), f"{p}.running_mean": (c,),  # noqa: E731
-                       f"{p}.running_var": (c,), f"{p}.num_batches_tracked": ()}
+
+    def bn(p, c):
+        return {
+            f"{p}.weight": (c,),
+            f"{p}.bias": (c,),
+            f"{p}.running_mean": (c,),
+            f"{p}.running_var": (c,),
+            f"{p}.num_batches_tracked": (),
+        }
+
     lin = lambda p, i, o: {f"{p}.weight": (o, i), f"{p}.bias": (o,)}  # noqa: E731
     ln = lambda p, c: {f"{p}.weight": (c,), f"{p}.bias": (c,)}  # noqa: E731
     k: dict[str, tuple[int, ...]] = {
-        "style_maker.cfcs.0": (384, 2), "style_maker.cfc": (384, 2), "style_maker.relu.weight": (1,),
-        **lin("style_maker.linear", 384, 64), **bn("style_maker.bn", 64),
-        "norm_emb.norm_bn.running_mean": (1,), "norm_emb.norm_bn.running_var": (1,),
-        "norm_emb.norm_bn.num_batches_tracked": (), "norm_emb.pe": (61, 64), "norm_emb.scale": (),
+        "style_maker.cfcs.0": (384, 2),
+        "style_maker.cfc": (384, 2),
+        "style_maker.relu.weight": (1,),
+        **lin("style_maker.linear", 384, 64),
+        **bn("style_maker.bn", 64),
+        "norm_emb.norm_bn.running_mean": (1,),
+        "norm_emb.norm_bn.running_var": (1,),
+        "norm_emb.norm_bn.num_batches_tracked": (),
+        "norm_emb.pe": (61, 64),
+        "norm_emb.scale": (),
         "fusion_net.clustering_layer.group_token": (1, m, 128),
     }
     cl = "fusion_net.clustering_layer"
     for i in range(depth):
         b = f"{cl}.blocks.{i}"
-        k.update({**ln(f"{b}.norm1", 128), **lin(f"{b}.attn.qkv", 128, 384), **lin(f"{b}.attn.proj", 128, 128),
-                  **ln(f"{b}.norm2", 128), **lin(f"{b}.mlp.fc1", 128, 512), **lin(f"{b}.mlp.fc2", 512, 128)})
+        k.update(
+            {
+                **ln(f"{b}.norm1", 128),
+                **lin(f"{b}.attn.qkv", 128, 384),
+                **lin(f"{b}.attn.proj", 128, 128),
+                **ln(f"{b}.norm2", 128),
+                **lin(f"{b}.mlp.fc1", 128, 512),
+                **lin(f"{b}.mlp.fc2", 512, 128),
+            }
+        )
     cb = f"{cl}.cluster_block"
-    k.update({**ln(f"{cb}.norm_tokens", 128), **ln(f"{cb}.norm_x", 128),
-              **lin(f"{cb}.assign.q_proj", 128, 128), **lin(f"{cb}.assign.k_proj", 128, 128)})
+    k.update(
+        {
+            **ln(f"{cb}.norm_tokens", 128),
+            **ln(f"{cb}.norm_x", 128),
+            **lin(f"{cb}.assign.q_proj", 128, 128),
+            **lin(f"{cb}.assign.k_proj", 128, 128),
+        }
+    )
     for i in range(depth):
         b = f"fusion_net.conf_mlp.{i}"
-        k.update({**ln(f"{b}.ln", 256), **lin(f"{b}.tokens_mlp_block.fc1", m, 2 * m),
-                  **lin(f"{b}.tokens_mlp_block.fc2", 2 * m, m), **lin(f"{b}.channels_mlp_block.fc1", 256, 128),
-                  **lin(f"{b}.channels_mlp_block.fc2", 128, 256), f"{b}.skip_connect_gate": ()})
+        k.update(
+            {
+                **ln(f"{b}.ln", 256),
+                **lin(f"{b}.tokens_mlp_block.fc1", m, 2 * m),
+                **lin(f"{b}.tokens_mlp_block.fc2", 2 * m, m),
+                **lin(f"{b}.channels_mlp_block.fc1", 256, 128),
+                **lin(f"{b}.channels_mlp_block.fc2", 128, 256),
+                f"{b}.skip_connect_gate": (),
+            }
+        )
     last = f"fusion_net.conf_mlp.{depth}"
     k.update({**lin(f"{last}.fc1", 256, 256), **lin(f"{last}.fc2", 256, conf)})
     return k
@@ -96,9 +131,14 @@ def test_state_dict_matches_released_layout(m: int, depth: int, conf: int) -> No
 def test_converter_parity_with_lightning_checkpoint() -> None:
     ref = _trained_like()
     agg_sd = ref.state_dict()
-    ckpt = {"state_dict": {**{f"aggregator.{k}": v for k, v in agg_sd.items()},
-                           "model.body.0.weight": torch.zeros(3), "center.weight": torch.zeros(10, 512)},
-            "hyper_parameters": {"decoder_name": "catv9_g4_conf512_small"}}
+    ckpt = {
+        "state_dict": {
+            **{f"aggregator.{k}": v for k, v in agg_sd.items()},
+            "model.body.0.weight": torch.zeros(3),
+            "center.weight": torch.zeros(10, 512),
+        },
+        "hyper_parameters": {"decoder_name": "catv9_g4_conf512_small"},
+    }
     conv = from_official("caface", "caface", ckpt)
     assert not conv.training
     for k, v in agg_sd.items():

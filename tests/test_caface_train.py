@@ -25,8 +25,13 @@ def _toy_store(root, num_ids: int = 12, per_id: int = 4, copies: int = 4, seed: 
     noise = rng.normal(size=(n, copies, 512)) / np.sqrt(512)
     feats = centres[labels][:, None] * (1 - q[..., None]) + 2.5 * q[..., None] * noise
     feats *= (30 * (1 - 0.7 * q))[..., None] / np.linalg.norm(feats, axis=-1, keepdims=True)
-    styles = np.stack([q[..., None] + 0.1 * rng.normal(size=(n, copies, 384)),
-                       1 - q[..., None] + 0.1 * rng.uniform(size=(n, copies, 384))], -1)
+    styles = np.stack(
+        [
+            q[..., None] + 0.1 * rng.normal(size=(n, copies, 384)),
+            1 - q[..., None] + 0.1 * rng.uniform(size=(n, copies, 384)),
+        ],
+        -1,
+    )
     return write_feature_store(root, feats, styles, labels, shard_size=16), centres
 
 
@@ -70,25 +75,32 @@ def test_trainer_runs_and_loss_decreases(tmp_path) -> None:
     from fuseface.train.trainer import train
 
     _toy_store(tmp_path / "store")
-    cfg = config_from_dict({
-        "task": "caface",
-        "out_dir": str(tmp_path / "run"),
-        "caface": {"store": str(tmp_path / "store"), "set_size": 8},
-        "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "clip_grad_norm": 0.0},
-        "schedule": {"name": "constant"},
-        "train": {"steps": 16, "batch_size": 6, "seed": 0},
-        "data": {"num_workers": 0},
-        "checkpoint": {"every": 0},
-        "log": {"progress": False, "tensorboard": False, "every": 100},
-    })
+    cfg = config_from_dict(
+        {
+            "task": "caface",
+            "out_dir": str(tmp_path / "run"),
+            "caface": {"store": str(tmp_path / "store"), "set_size": 8},
+            "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "clip_grad_norm": 0.0},
+            "schedule": {"name": "constant"},
+            "train": {"steps": 16, "batch_size": 6, "seed": 0},
+            "data": {"num_workers": 0},
+            "checkpoint": {"every": 0},
+            "log": {"progress": False, "tensorboard": False, "every": 100},
+        }
+    )
     result = train(cfg)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert len(losses) == 16
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.01, losses
     model = load_fusion(result.model_path)
     rng = np.random.default_rng(0)
-    t = fuse_features(rng.normal(size=(7, 512)) * 20, "caface", styles=rng.uniform(size=(7, 384, 2)),
-                      chunk_size=4, model=str(result.model_path))
+    t = fuse_features(
+        rng.normal(size=(7, 512)) * 20,
+        "caface",
+        styles=rng.uniform(size=(7, 384, 2)),
+        chunk_size=4,
+        model=str(result.model_path),
+    )
     assert t.shape == (512,) and abs(np.linalg.norm(t) - 1) < 1e-5
     assert model.config["num_clusters"] == 4
 

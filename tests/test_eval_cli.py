@@ -37,20 +37,51 @@ def test_ijb_one_to_one_and_one_to_n_from_features(ijb, tmp_path: Path) -> None:
     from fuseface.eval.ijb import evaluate_1to1, evaluate_1toN
 
     out = tmp_path / "run11"
-    res = _run("eval", "ijb", "--root", ijb.root, "--target", "IJBC", "--features", ijb.root / "f.npy",
-               "--flip-features", ijb.root / "ff.npy", "--out", out, "--plot")
+    res = _run(
+        "eval",
+        "ijb",
+        "--root",
+        ijb.root,
+        "--target",
+        "IJBC",
+        "--features",
+        ijb.root / "f.npy",
+        "--flip-features",
+        ijb.root / "ff.npy",
+        "--out",
+        out,
+        "--plot",
+    )
     assert "TAR@0.0001" in res.output
     doc = json.loads((out / "result.json").read_text())
     assert doc["protocol"] == "IJBC 1:1" and doc["fuseface_version"]
-    assert doc["switches"] == {"flip_test": True, "keep_norm": True, "detector_score": True,
-                               "pooling": "insightface media mean, template sum, L2", "fusion": "insightface"}
+    assert doc["switches"] == {
+        "flip_test": True,
+        "keep_norm": True,
+        "detector_score": True,
+        "pooling": "insightface media mean, template sum, L2",
+        "fusion": "insightface",
+    }
     lib = evaluate_1to1(ijb.root, "IJBC", ijb.features, ijb.flip_features)
     assert doc["metrics"]["tar_at_far"] == {f"{k:g}": v for k, v in lib["tar_at_far"].items()}
     assert (out / "result_roc.png").stat().st_size > 1000
 
     out_n = tmp_path / "run1n"
-    _run("eval", "ijb", "--root", ijb.root, "--task", "1:N", "--features", ijb.root / "f.npy",
-         "--no-detector-score", "--no-keep-norm", "--out", out_n, "--plot")
+    _run(
+        "eval",
+        "ijb",
+        "--root",
+        ijb.root,
+        "--task",
+        "1:N",
+        "--features",
+        ijb.root / "f.npy",
+        "--no-detector-score",
+        "--no-keep-norm",
+        "--out",
+        out_n,
+        "--plot",
+    )
     doc_n = json.loads((out_n / "result.json").read_text())
     lib_n = evaluate_1toN(ijb.root, "IJBC", ijb.features, None, detector_score=False, keep_norm=False)
     assert doc_n["metrics"]["cmc"] == {str(k): v for k, v in lib_n["cmc"].items()}
@@ -87,8 +118,19 @@ def test_bin_with_model_file_and_with_features(tmp_path: Path) -> None:
     meta = ModelMeta("ir18", {"input_size": 16, "num_features": 32}, input_size=16)
     save_model(tmp_path / "m.safetensors", net.eval(), meta)
     out = tmp_path / "bin.json"
-    _run("eval", "bin", tmp_path / "t.bin", "--model", tmp_path / "m.safetensors", "--batch-size", "16",
-         "--nfolds", "5", "--out", out)
+    _run(
+        "eval",
+        "bin",
+        tmp_path / "t.bin",
+        "--model",
+        tmp_path / "m.safetensors",
+        "--batch-size",
+        "16",
+        "--nfolds",
+        "5",
+        "--out",
+        out,
+    )
     doc = json.loads(out.read_text())
     assert doc["switches"]["flip"] is True
     assert doc["metrics"]["accuracy_mean"] == 1.0  # identical images: distance 0 < every threshold > 0
@@ -97,8 +139,10 @@ def test_bin_with_model_file_and_with_features(tmp_path: Path) -> None:
     _run("eval", "bin", tmp_path / "t.bin", "--features", tmp_path / "f.npy", "--nfolds", "5", "--out", out)
     from fuseface.eval.verification import evaluate
 
-    assert json.loads(out.read_text())["metrics"]["accuracy"] == evaluate(feats[0::2], feats[1::2], issame,
-                                                                          nfolds=5)["accuracy"].tolist()
+    assert (
+        json.loads(out.read_text())["metrics"]["accuracy"]
+        == evaluate(feats[0::2], feats[1::2], issame, nfolds=5)["accuracy"].tolist()
+    )
 
 
 def test_cli_errors_are_clear(ijb, tmp_path: Path) -> None:

@@ -29,8 +29,11 @@ def _tiny() -> torch.nn.Module:
 
 def _model(tmp_path: Path) -> Path:
     net = _tiny()
-    return save_model(tmp_path / "tiny.safetensors", net,
-                      ModelMeta(arch="ir18", arch_kwargs={"input_size": 32, "num_features": 64}, input_size=32))
+    return save_model(
+        tmp_path / "tiny.safetensors",
+        net,
+        ModelMeta(arch="ir18", arch_kwargs={"input_size": 32, "num_features": 64}, input_size=32),
+    )
 
 
 def test_onnx_parity_and_dynamic_batch(tmp_path: Path) -> None:

@@ -52,3 +52,35 @@ def test_cli_lists_command_groups() -> None:
     result = CliRunner().invoke(build_app(), ["--help"])
     assert result.exit_code == 0, result.output
     assert "version" in result.output
+
+
+def _imported_fuseface_modules(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fuseface"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("fuseface"))
+    return found
+
+
+def test_architecture_walls_hold() -> None:
+    # docs/architecture.md: nn/ is pure torch (no formats, training, metrics, inference or CLI);
+    # eval/ never imports models, training or the CLI.
+    from pathlib import Path
+
+    package = Path(fuseface.__file__).parent
+    forbidden = {
+        "nn": ("fuseface.data", "fuseface.train", "fuseface.eval", "fuseface.infer", "fuseface.cli"),
+        "eval": ("fuseface.train", "fuseface.infer", "fuseface.cli", "fuseface.nn.backbones", "fuseface.nn.heads"),
+    }
+    violations = []
+    for part, banned in forbidden.items():
+        for source in sorted((package / part).rglob("*.py")):
+            for module in _imported_fuseface_modules(source):
+                if module.startswith(banned):
+                    violations.append(f"{source.relative_to(package)} imports {module}")
+    assert violations == []

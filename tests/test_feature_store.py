@@ -27,8 +27,10 @@ def test_round_trip_float32_and_float16(tmp_path) -> None:
     with pytest.raises(DataError, match="beyond float16"):
         write_feature_store(tmp_path / "c", f * 1e5, s, lab, shard_size=4, dtype="float16")
     with pytest.raises(DataError, match="different settings"):
-        FeatureStoreWriter(tmp_path / "a", StoreSpec(num_images=11, feature_dim=8, style_channels=5, copies=3,
-                                                     shard_size=4, dtype="float32"))
+        FeatureStoreWriter(
+            tmp_path / "a",
+            StoreSpec(num_images=11, feature_dim=8, style_channels=5, copies=3, shard_size=4, dtype="float32"),
+        )
 
 
 def test_incomplete_store_is_reported(tmp_path) -> None:
@@ -55,8 +57,15 @@ def test_extract_resume_equals_uninterrupted(tmp_path) -> None:
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, size=(5, 48, 48, 3), dtype=np.uint8)  # resized to the 32 px input
     src = ArraySource(images, [0, 0, 1, 1, 2])
-    kw = {"augment_copies": 2, "shard_size": 2, "batch_size": 4, "dtype": "float32", "progress": False, "seed": 3,
-          "input_size": 32}
+    kw = {
+        "augment_copies": 2,
+        "shard_size": 2,
+        "batch_size": 4,
+        "dtype": "float32",
+        "progress": False,
+        "seed": 3,
+        "input_size": 32,
+    }
     full = extract_features(model, src, tmp_path / "full", **kw)
     assert full is not None
     partial = extract_features(model, src, tmp_path / "resumed", max_shards=1, **kw)

@@ -17,12 +17,14 @@ def _onehot(i: int, d: int = 6) -> np.ndarray:
 def test_cmc_hand_case_with_distractors_and_unmated_probe() -> None:
     gallery = np.stack([_onehot(0), _onehot(1), _onehot(2), _onehot(3)])
     g_labels = np.array([10, 11, -100, 12])
-    probes = np.stack([
-        _onehot(0),                            # mate 10 at rank 1
-        0.9 * _onehot(2) + 0.5 * _onehot(1),   # distractor first, mate 11 at rank 2
-        _onehot(2) + 0.1 * _onehot(0),         # label 99: no mate, ignored
-        0.2 * _onehot(3) + _onehot(2) + 0.5 * _onehot(1),  # mate 12 at rank 3
-    ])
+    probes = np.stack(
+        [
+            _onehot(0),  # mate 10 at rank 1
+            0.9 * _onehot(2) + 0.5 * _onehot(1),  # distractor first, mate 11 at rank 2
+            _onehot(2) + 0.1 * _onehot(0),  # label 99: no mate, ignored
+            0.2 * _onehot(3) + _onehot(2) + 0.5 * _onehot(1),  # mate 12 at rank 3
+        ]
+    )
     p_labels = np.array([10, 11, 99, 12])
     assert cmc(probes, p_labels, gallery, g_labels, ranks=(1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 1.0}
     ranks, mated = mate_ranks(probes, p_labels, gallery, g_labels)

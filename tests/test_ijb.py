@@ -66,12 +66,21 @@ def fx(tmp_path_factory):
 def test_1to1_equals_reference(fx, flip, keep_norm, det) -> None:
     ref_tf, ref_score = ref_pipeline(fx, flip, keep_norm, det)
     proto = load_ijb(fx.root, "IJBC")
-    x = image_features(fx.features, fx.flip_features, proto.faceness, flip_test=flip, keep_norm=keep_norm,
-                       detector_score=det)
+    x = image_features(
+        fx.features, fx.flip_features, proto.faceness, flip_test=flip, keep_norm=keep_norm, detector_score=det
+    )
     tf = pool_templates(x, proto.templates, proto.medias)
     np.testing.assert_array_equal(tf.features, ref_tf)  # bit for bit
-    r = evaluate_1to1(fx.root, "IJBC", fx.features, fx.flip_features, flip_test=flip, keep_norm=keep_norm,
-                      detector_score=det, return_scores=True)
+    r = evaluate_1to1(
+        fx.root,
+        "IJBC",
+        fx.features,
+        fx.flip_features,
+        flip_test=flip,
+        keep_norm=keep_norm,
+        detector_score=det,
+        return_scores=True,
+    )
     np.testing.assert_allclose(r["scores"], ref_score, rtol=0, atol=1e-14)
     ref_tar_at_far, ref_auc = ref_tar(fx.pairs[:, 2], ref_score)
     assert r["tar_at_far"] == ref_tar_at_far

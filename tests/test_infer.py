@@ -19,8 +19,9 @@ from fuseface.infer.model_file import ModelMeta, save_model
 def _weights() -> None:
     from fuseface.align.weights import weights_present
 
-    require_or_skip(weights_present(), "MTCNN weights missing: run `fuseface models fetch mtcnn`",
-                    "FUSEFACE_REQUIRE_MTCNN")
+    require_or_skip(
+        weights_present(), "MTCNN weights missing: run `fuseface models fetch mtcnn`", "FUSEFACE_REQUIRE_MTCNN"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,11 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight ir18 (64-d) model file: verdicts are meaningless, the pipeline is what is tested."""
     torch.manual_seed(0)
     net = fuseface.create_backbone("ir18", num_features=64)
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", net,
-                      ModelMeta(arch="ir18", arch_kwargs={"num_features": 64}))
+    return save_model(
+        tmp_path_factory.mktemp("model") / "tiny.safetensors",
+        net,
+        ModelMeta(arch="ir18", arch_kwargs={"num_features": 64}),
+    )
 
 
 def _run(argv: list[str]) -> int:

@@ -126,8 +126,15 @@ def test_adaface_ema_scaler_and_margins() -> None:
     loss.eval()
     before = loss.batch_mean.clone()
     sc = loss.margin_scaler(torch.tensor([0.0, 1e4]))
-    torch.testing.assert_close(sc, torch.tensor([-0.333 * (before.item() - 0.001) / (loss.batch_std.item() + 1e-3),
-                                                 0.333 * (100 - before.item()) / (loss.batch_std.item() + 1e-3)]))
+    torch.testing.assert_close(
+        sc,
+        torch.tensor(
+            [
+                -0.333 * (before.item() - 0.001) / (loss.batch_std.item() + 1e-3),
+                0.333 * (100 - before.item()) / (loss.batch_std.item() + 1e-3),
+            ]
+        ),
+    )
     loss(cos, labels, norms)
     assert torch.equal(loss.batch_mean, before)
     big = AdaFaceLoss(h=10.0)

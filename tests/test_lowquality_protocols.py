@@ -80,8 +80,18 @@ def test_ijbs_protocols_and_cli(tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_text("\n".join(images) + "\n")
     np.save(tmp_path / "f.npy", ijbs_features(images))
     out = tmp_path / "s.json"
-    _run("eval", "ijbs", "--protocol-dir", tmp_path, "--image-list", tmp_path / "list.txt",
-         "--features", tmp_path / "f.npy", "--out", out)
+    _run(
+        "eval",
+        "ijbs",
+        "--protocol-dir",
+        tmp_path,
+        "--image-list",
+        tmp_path / "list.txt",
+        "--features",
+        tmp_path / "f.npy",
+        "--out",
+        out,
+    )
     subsets = json.loads(out.read_text())["metrics"]["subsets"]
     assert set(subsets) == {"surveillance_to_single", "surveillance_to_booking", "surveillance_to_surveillance"}
     assert all(s["cmc"]["1"] == 1.0 for s in subsets.values())

@@ -18,8 +18,9 @@ from fuseface.errors import CheckpointError
 
 
 def _weights() -> None:
-    require_or_skip(weights_present(), "MTCNN weights missing: run `fuseface models fetch mtcnn`",
-                    "FUSEFACE_REQUIRE_MTCNN")
+    require_or_skip(
+        weights_present(), "MTCNN weights missing: run `fuseface models fetch mtcnn`", "FUSEFACE_REQUIRE_MTCNN"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -75,8 +75,9 @@ def test_pre_activation_bn_cannot_be_folded_into_a_padded_conv() -> None:
         a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         b = bn.bias - a * bn.running_mean
         w = conv.weight
-        naive = nn.functional.conv2d(x, w * a[None, :, None, None], (w * b[None, :, None, None]).sum((1, 2, 3)),
-                                     padding=1)
+        naive = nn.functional.conv2d(
+            x, w * a[None, :, None, None], (w * b[None, :, None, None]).sum((1, 2, 3)), padding=1
+        )
     err = (naive - ref).abs()
     assert err[..., 1:-1, 1:-1].max() < 1e-5 and err.max() > 1e-2  # interior exact, borders wrong
 

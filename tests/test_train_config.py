@@ -39,9 +39,18 @@ def test_recipes_load_with_their_documented_settings() -> None:
 
 
 def test_overrides_and_saved_config_round_trip(tmp_path: Path) -> None:
-    cfg = load_config(None, ["data.kind=synthetic", "optim.lr=0.02", "model.kwargs.conv=msconv",
-                             "model.kwargs.stages=[3,4]", "schedule.milestones=[1,2]", "loss.aux_weights.local=0.5",
-                             f"out_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "data.kind=synthetic",
+            "optim.lr=0.02",
+            "model.kwargs.conv=msconv",
+            "model.kwargs.stages=[3,4]",
+            "schedule.milestones=[1,2]",
+            "loss.aux_weights.local=0.5",
+            f"out_dir={tmp_path}",
+        ],
+    )
     assert cfg.optim.lr == 0.02 and isinstance(cfg.optim.lr, float)
     assert cfg.model.kwargs == {"conv": "msconv", "stages": [3, 4]}
     assert cfg.schedule.milestones == [1.0, 2.0] and cfg.loss.aux_weights == {"local": 0.5}

@@ -104,8 +104,12 @@ def test_reference_run_learns_and_exports(reference: TrainResult) -> None:
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, cache: Path, reference: TrainResult) -> None:
     out = tmp_path / "killed"
     cfg_path = _yaml(tmp_path / "killed.yaml", out, cache, grad_accum=2)
-    proc = subprocess.Popen([sys.executable, str(HELPER), "train", "--config", str(cfg_path)],
-                            env={**_env(), PAUSE_ENV: "3"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), "train", "--config", str(cfg_path)],
+        env={**_env(), PAUSE_ENV: "3"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 240
         while not C.checkpoint_path(out, 3).is_file():
@@ -131,13 +135,14 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, cache: Path, r
         _assert_states_close(a[name], b[name], atol=1e-6)
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_survives(tmp_path: Path, cache: Path,
-                                                                       reference: TrainResult) -> None:
+def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_survives(
+    tmp_path: Path, cache: Path, reference: TrainResult
+) -> None:
     out = tmp_path / "run"
     shutil.copytree(C.checkpoint_dir(reference.out_dir), C.checkpoint_dir(out))
     newest = C.checkpoint_path(out, 6)
     data = newest.read_bytes()
-    newest.write_bytes(data[: len(data) // 2])              # truncated
+    newest.write_bytes(data[: len(data) // 2])  # truncated
     (C.checkpoint_dir(out) / "step_00000009.pt.tmp").write_bytes(b"half-written")  # crash during a write
     assert C.latest_checkpoint(out) == newest
     with pytest.raises(CheckpointError) as info:
@@ -155,14 +160,24 @@ def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_survives(tmp_path:
 
 
 @pytest.mark.distributed
-def test_two_gloo_processes_equal_one_and_resume_with_one(tmp_path: Path, cache: Path,
-                                                          reference: TrainResult) -> None:
+def test_two_gloo_processes_equal_one_and_resume_with_one(tmp_path: Path, cache: Path, reference: TrainResult) -> None:
     out = tmp_path / "ddp"
     cfg_path = _yaml(tmp_path / "ddp.yaml", out, cache, steps=3)
     # a checkpoint mid-run too (gathering sharded optimizer state must leave the live state alone)
     cmd_overrides = ["checkpoint.every=2"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HELPER), "train", "--config", str(cfg_path), *cmd_overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HELPER),
+        "train",
+        "--config",
+        str(cfg_path),
+        *cmd_overrides,
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -56,6 +56,8 @@ def batched_nms(
     groups = np.asarray(groups)
     if len(groups) == 0:
         return np.zeros((0,), dtype=np.int64)
-    keep = [np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], threshold, method)]
-            for g in np.unique(groups)]
+    keep = [
+        np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], threshold, method)]
+        for g in np.unique(groups)
+    ]
     return np.sort(np.concatenate(keep))

@@ -108,9 +108,7 @@ class AlignedFace:
     landmarks: np.ndarray
 
 
-def align_detections(
-    image: np.ndarray, det: Detections, policy: str = "largest", size: int = 112
-) -> list[AlignedFace]:
+def align_detections(image: np.ndarray, det: Detections, policy: str = "largest", size: int = 112) -> list[AlignedFace]:
     """Align the faces chosen by ``policy`` from a detection result."""
     return [
         AlignedFace(align_face(image, det.landmarks[i], size), det.boxes[i], float(det.scores[i]), det.landmarks[i])
@@ -128,8 +126,10 @@ def list_photos(src: str | Path) -> tuple[Path, list[Path]]:
         rels = [
             p.relative_to(src)
             for p in sorted(src.rglob("*"))
-            if p.is_file() and (p.suffix.lower() in IMAGE_EXTENSIONS or p.suffix == "")
-            and not p.name.startswith(".") and p.name not in ("README", "LICENSE")
+            if p.is_file()
+            and (p.suffix.lower() in IMAGE_EXTENSIONS or p.suffix == "")
+            and not p.name.startswith(".")
+            and p.name not in ("README", "LICENSE")
         ]
         return src, rels
     if src.is_file():

@@ -89,8 +89,15 @@ def load_mtcnn_state_dicts(weights_dir: str | Path | None = None) -> dict[str, d
 
 def _download_wheel(dest: Path, log: Callable[[str], None]) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-        f"facenet-pytorch=={FACENET_PYTORCH_VERSION}", "-d", str(dest),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        f"facenet-pytorch=={FACENET_PYTORCH_VERSION}",
+        "-d",
+        str(dest),
     ]
     log("running: " + " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)

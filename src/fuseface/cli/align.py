@@ -37,8 +37,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             from fuseface.align.mtcnn import MTCNN
 
             detector = MTCNN(min_face_size=min_face)
-        report = align_folder(src, dst, detector=detector, policy=policy, size=size,
-                              ext=ext if ext.startswith(".") else "." + ext, landmarks=landmarks, progress=not quiet)
+        report = align_folder(
+            src,
+            dst,
+            detector=detector,
+            policy=policy,
+            size=size,
+            ext=ext if ext.startswith(".") else "." + ext,
+            landmarks=landmarks,
+            progress=not quiet,
+        )
         typer.echo(
             f"{report.processed} photos processed ({report.skipped} already done), {report.faces} faces written, "
             f"{report.failed} failures (see {dst / 'failures.txt'})"

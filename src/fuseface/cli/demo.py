@@ -16,8 +16,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (report, plots, cached data)."),
         quick: bool = typer.Option(False, "--quick", help="Tiny settings for a smoke run (well under a minute)."),
         engine: str = typer.Option(
-            "auto", "--engine", help="auto: the training engine when installed, else the built-in loop; "
-            "builtin or engine to force one."
+            "auto",
+            "--engine",
+            help="auto: the training engine when installed, else the built-in loop; builtin or engine to force one.",
         ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the table."),
         set_fusion: bool = typer.Option(

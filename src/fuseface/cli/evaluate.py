@@ -79,8 +79,13 @@ def _fit(img: Any, size: int) -> Any:
 
 
 def _finish(
-    out: Path | None, protocol: str, switches: dict[str, Any], metrics: dict[str, Any], plot: bool,
-    roc: dict[str, tuple[Any, Any]] | None = None, cmc_ranks: dict[str, Any] | None = None,
+    out: Path | None,
+    protocol: str,
+    switches: dict[str, Any],
+    metrics: dict[str, Any],
+    plot: bool,
+    roc: dict[str, tuple[Any, Any]] | None = None,
+    cmc_ranks: dict[str, Any] | None = None,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -131,8 +136,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
         images_dir: Path | None = typer.Option(
-            None, "--images-dir", help="Aligned crops in the LFW layout (<name>/<name>_0001.jpg), e.g. from "
-            "`fuseface align`; default: centre crops of lfw-deepfunneled (an approximation)."
+            None,
+            "--images-dir",
+            help="Aligned crops in the LFW layout (<name>/<name>_0001.jpg), e.g. from "
+            "`fuseface align`; default: centre crops of lfw-deepfunneled (an approximation).",
         ),
         crop: int = typer.Option(150, "--crop", help="Centre crop side (px) of the 250x250 images (no --images-dir)."),
         flip: bool = typer.Option(True, "--flip/--no-flip", help="Add the embedding of the mirrored image."),
@@ -165,10 +172,20 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 raise DataError(f"{features}: {f.shape[0]} rows, the pairs use {len(paths)} distinct images")
         emb = flip_sum(f, ff) if (flip and ff is not None) else f
         m = lfw.lfw_pairs_protocol(emb, i1, i2, issame, nfolds=nfolds)
-        switches = {"flip": bool(flip and ff is not None), "crop": "aligned" if images_dir else f"centre{crop}",
-                    "pairs": len(pairs), "nfolds": nfolds}
-        _finish(out, f"LFW pairs.txt {nfolds}-fold", switches, _strip(m, ("tpr", "fpr")), plot,
-                roc={"LFW": (m["fpr"], m["tpr"])})
+        switches = {
+            "flip": bool(flip and ff is not None),
+            "crop": "aligned" if images_dir else f"centre{crop}",
+            "pairs": len(pairs),
+            "nfolds": nfolds,
+        }
+        _finish(
+            out,
+            f"LFW pairs.txt {nfolds}-fold",
+            switches,
+            _strip(m, ("tpr", "fpr")),
+            plot,
+            roc={"LFW": (m["fpr"], m["tpr"])},
+        )
 
     @ev.command("bin")
     def eval_bin(
@@ -196,29 +213,40 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         emb = flip_sum(f, ff) if (flip and ff is not None) else f
         m = evaluate_interleaved(emb, issame, nfolds=nfolds)
         switches = {"flip": bool(flip and ff is not None), "nfolds": nfolds}
-        _finish(out, f"{path.stem} .bin {nfolds}-fold", switches, _strip(m, ("tpr", "fpr")), plot,
-                roc={path.stem: (m["fpr"], m["tpr"])})
+        _finish(
+            out,
+            f"{path.stem} .bin {nfolds}-fold",
+            switches,
+            _strip(m, ("tpr", "fpr")),
+            plot,
+            roc={path.stem: (m["fpr"], m["tpr"])},
+        )
 
     @ev.command("ijb")
     def eval_ijb(
         root: Path = typer.Option(..., "--root", help="Folder holding IJBB/ and/or IJBC/ (insightface layout)."),
         target: str = typer.Option("IJBC", "--target", help="IJBB or IJBC."),
         task: str = typer.Option("1:1", "--task", help="1:1 (TAR@FAR) or 1:N (TPIR@FPIR, CMC)."),
-        model: Path | None = typer.Option(None, "--model", help=MODEL_HELP + " Images are aligned from the "
-                                          "5 landmarks of *_name_5pts_score.txt."),
+        model: Path | None = typer.Option(
+            None, "--model", help=MODEL_HELP + " Images are aligned from the 5 landmarks of *_name_5pts_score.txt."
+        ),
         features: Path | None = typer.Option(None, "--features", help=FEATURES_HELP + " Order: the landmark file."),
         flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
         flip_test: bool = typer.Option(True, "--flip-test/--no-flip-test", help="Add mirrored-image features."),
-        keep_norm: bool = typer.Option(True, "--keep-norm/--no-keep-norm",
-                                       help="Keep feature norms as quality weights (--no-keep-norm: L2 first)."),
-        detector_score: bool = typer.Option(True, "--detector-score/--no-detector-score",
-                                            help="Weight each image by its detector faceness score."),
+        keep_norm: bool = typer.Option(
+            True, "--keep-norm/--no-keep-norm", help="Keep feature norms as quality weights (--no-keep-norm: L2 first)."
+        ),
+        detector_score: bool = typer.Option(
+            True, "--detector-score/--no-detector-score", help="Weight each image by its detector faceness score."
+        ),
         legacy: bool = typer.Option(False, "--legacy", help="1:N: ijb_1n.py's pooled G1+G2 gallery."),
-        fusion: str = typer.Option("insightface", "--fusion",
-                                   help="insightface (media mean, template sum) or a set-fusion method: "
-                                   "average, norm_weighted, score_weighted, caface."),
-        fusion_model: Path | None = typer.Option(None, "--fusion-model", help="Weights of the fusion module "
-                                                 "(caface)."),
+        fusion: str = typer.Option(
+            "insightface",
+            "--fusion",
+            help="insightface (media mean, template sum) or a set-fusion method: "
+            "average, norm_weighted, score_weighted, caface.",
+        ),
+        fusion_model: Path | None = typer.Option(None, "--fusion-model", help="Weights of the fusion module (caface)."),
         styles: Path | None = typer.Option(None, "--styles", help="styles.npy (N, 384, 2) for caface."),
         chunk_size: int | None = typer.Option(None, "--chunk-size", help="CAFace chunk size (None: whole set)."),
         batch_size: int = typer.Option(64, "--batch-size"),
@@ -242,8 +270,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             from fuseface.data.images import read_image
 
             def load(a: int, b: int) -> Any:
-                return [align_face(read_image(proto.image_dir / proto.image_names[i]), proto.landmarks[i])
-                        for i in range(a, b)]
+                return [
+                    align_face(read_image(proto.image_dir / proto.image_names[i]), proto.landmarks[i])
+                    for i in range(a, b)
+                ]
 
             f, ff = _embed_stream(model, proto.num_images, load, batch_size, flip_test)
         else:
@@ -254,19 +284,26 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
             raw = f + ff if (flip_test and ff is not None and fusion != "caface") else f
             tf = fuse_templates(
-                raw, proto.templates, fusion, styles=np.load(styles) if styles else None,
-                scores=proto.faceness if fusion == "score_weighted" else None, chunk_size=chunk_size,
+                raw,
+                proto.templates,
+                fusion,
+                styles=np.load(styles) if styles else None,
+                scores=proto.faceness if fusion == "score_weighted" else None,
+                chunk_size=chunk_size,
                 model=str(fusion_model) if fusion_model else None,
             )
             tfeat = tf
-        kw = {"flip_test": flip_test, "keep_norm": keep_norm, "detector_score": detector_score,
-              "template_features": tfeat}
+        kw = {
+            "flip_test": flip_test,
+            "keep_norm": keep_norm,
+            "detector_score": detector_score,
+            "template_features": tfeat,
+        }
         if one_n:
             m = ijb.evaluate_1toN(proto, target, f, ff, legacy=legacy, **kw)
             ranks = m.pop("mated_ranks", None)
             switches = {**m.pop("switches"), "fusion": fusion}
-            _finish(out, m.pop("protocol"), switches, m, plot,
-                    cmc_ranks={fusion: ranks} if ranks is not None else None)
+            _finish(out, m.pop("protocol"), switches, m, plot, cmc_ranks={fusion: ranks} if ranks is not None else None)
         else:
             m = ijb.evaluate_1to1(proto, target, f, ff, **kw)
             roc = m.pop("roc")
@@ -276,11 +313,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @ev.command("tinyface")
     def eval_tinyface(
         root: Path = typer.Option(..., "--root", help="Folder holding tinyface/Testing_Set/."),
-        images_dir: Path | None = typer.Option(None, "--images-dir", help="Aligned copy with Probe/, Gallery_Match/, "
-                                               "Gallery_Distractor/ (AdaFace: aligned_pad_0.1_pad_high)."),
+        images_dir: Path | None = typer.Option(
+            None,
+            "--images-dir",
+            help="Aligned copy with Probe/, Gallery_Match/, Gallery_Distractor/ (AdaFace: aligned_pad_0.1_pad_high).",
+        ),
         model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
-        features: Path | None = typer.Option(None, "--features", help=FEATURES_HELP + " Order: probes, gallery "
-                                             "matches, distractors."),
+        features: Path | None = typer.Option(
+            None, "--features", help=FEATURES_HELP + " Order: probes, gallery matches, distractors."
+        ),
         flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
         flip: bool = typer.Option(True, "--flip/--no-flip", help="Add mirrored-image features."),
         batch_size: int = typer.Option(64, "--batch-size"),
@@ -297,25 +338,29 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         proto = load_tinyface(root, images_dir)
         paths = proto.image_paths
         if model is not None:
-            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]],
-                                  batch_size, flip)
+            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]], batch_size, flip)
         else:
             f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
         emb = _normalize(flip_sum(f, ff) if (flip and ff is not None) else f)
         probe, gallery = proto.split(emb)
-        m = {"cmc": cmc(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20)),
-             "num_probes": len(proto.probe_paths), "num_gallery": len(gallery)}
+        m = {
+            "cmc": cmc(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20)),
+            "num_probes": len(proto.probe_paths),
+            "num_gallery": len(gallery),
+        }
         r, _ = mate_ranks(probe, proto.probe_labels, gallery, proto.gallery_labels)
         _finish(out, "TinyFace", {"flip": bool(flip and ff is not None)}, m, plot, cmc_ranks={"TinyFace": r})
 
     @ev.command("scface")
     def eval_scface(
-        root: Path = typer.Option(..., "--root", help="SCface root (mugshot_frontal_cropped_all/, "
-                                  "surveillance_cameras_distance_{1,2,3}/)."),
+        root: Path = typer.Option(
+            ..., "--root", help="SCface root (mugshot_frontal_cropped_all/, surveillance_cameras_distance_{1,2,3}/)."
+        ),
         split: str = typer.Option("all", "--split", help="all (130 subjects) or test80 (last 80 subjects)."),
         model: Path | None = typer.Option(None, "--model", help=MODEL_HELP + " Images are resized to the input."),
-        features: Path | None = typer.Option(None, "--features", help=FEATURES_HELP + " Order: gallery, then "
-                                             "probes of d1, d2, d3."),
+        features: Path | None = typer.Option(
+            None, "--features", help=FEATURES_HELP + " Order: gallery, then probes of d1, d2, d3."
+        ),
         flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
         flip: bool = typer.Option(True, "--flip/--no-flip", help="Add mirrored-image features."),
         batch_size: int = typer.Option(64, "--batch-size"),
@@ -332,8 +377,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         proto = load_scface(root, split)
         paths = proto.image_paths
         if model is not None:
-            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]],
-                                  batch_size, flip)
+            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]], batch_size, flip)
         else:
             f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
         emb = _normalize(flip_sum(f, ff) if (flip and ff is not None) else f)
@@ -341,25 +385,31 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         per, curves = {}, {}
         for d, feats in probes.items():
             labels = proto.probes[d][1]
-            per[d] = {"cmc": cmc(feats, labels, gallery, proto.gallery_labels, ranks=(1, 5)),
-                      "num_probes": len(labels)}
+            per[d] = {"cmc": cmc(feats, labels, gallery, proto.gallery_labels, ranks=(1, 5)), "num_probes": len(labels)}
             curves[d] = mate_ranks(feats, labels, gallery, proto.gallery_labels)[0]
         m = {"per_distance": per, "num_gallery": len(gallery)}
-        _finish(out, f"SCface ({split})", {"flip": bool(flip and ff is not None), "split": split}, m, plot,
-                cmc_ranks=curves)
+        _finish(
+            out, f"SCface ({split})", {"flip": bool(flip and ff is not None), "split": split}, m, plot, cmc_ranks=curves
+        )
 
     @ev.command("ijbs")
     def eval_ijbs(
-        protocol_dir: Path = typer.Option(..., "--protocol-dir", help="Folder with cs6_metadata.csv, the probe "
-                                          "csvs and galleries/."),
-        image_list: Path = typer.Option(..., "--image-list", help="One image path per line (.../<subject>/<file>); "
-                                        "the rows of --features."),
+        protocol_dir: Path = typer.Option(
+            ..., "--protocol-dir", help="Folder with cs6_metadata.csv, the probe csvs and galleries/."
+        ),
+        image_list: Path = typer.Option(
+            ..., "--image-list", help="One image path per line (.../<subject>/<file>); the rows of --features."
+        ),
         features: Path = typer.Option(..., "--features", help=FEATURES_HELP),
         flip_features: Path | None = typer.Option(None, "--flip-features", help=FLIP_FEATURES_HELP),
         protocol: list[str] = typer.Option(
-            ["surveillance_to_single", "surveillance_to_booking", "surveillance_to_surveillance"], "--protocol"),
-        fusion: str = typer.Option("norm_sum", "--fusion", help="norm_sum (sum of raw features, then L2) or a "
-                                   "set-fusion method: average, norm_weighted, caface."),
+            ["surveillance_to_single", "surveillance_to_booking", "surveillance_to_surveillance"], "--protocol"
+        ),
+        fusion: str = typer.Option(
+            "norm_sum",
+            "--fusion",
+            help="norm_sum (sum of raw features, then L2) or a set-fusion method: average, norm_weighted, caface.",
+        ),
         fusion_model: Path | None = typer.Option(None, "--fusion-model", help="Weights of the fusion module."),
         chunk_size: int | None = typer.Option(None, "--chunk-size"),
         out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
@@ -392,8 +442,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 else:
                     from fuseface.nn.fusion import fuse_features
 
-                    out_t[k] = fuse_features(f[rows], method=fusion, chunk_size=chunk_size,
-                                             model=str(fusion_model) if fusion_model else None)
+                    out_t[k] = fuse_features(
+                        f[rows], method=fusion, chunk_size=chunk_size, model=str(fusion_model) if fusion_model else None
+                    )
             return _normalize(out_t), empty
 
         subsets: dict[str, Any] = {}

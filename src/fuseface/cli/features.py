@@ -14,7 +14,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         data: str = typer.Argument(..., help="RecordIO folder (train.rec/.idx) or one-sub-folder-per-identity tree"),
         out: str = typer.Option(..., "--out", "-o", help="Feature store directory (resumed if it exists)"),
         model: str = typer.Option(
-            ..., "--model", "-m",
+            ...,
+            "--model",
+            "-m",
             help="fuseface model file, adaface:ir_101:CKPT, insightface:iresnet50:PTH, or random:ir18 (tests)",
         ),
         channel_order: str = typer.Option("", help="rgb | bgr; default: the model's own (bgr for AdaFace)"),
@@ -32,9 +34,18 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         net, order = load_backbone(model)
         store = extract_features(
-            net, open_source(data), out, channel_order=channel_order or order,
-            stages=tuple(int(s) for s in stages.split(",") if s.strip()), augment_copies=augment_copies, seed=seed,
-            batch_size=batch_size, shard_size=shard_size, dtype=dtype, input_size=input_size, progress=progress,
+            net,
+            open_source(data),
+            out,
+            channel_order=channel_order or order,
+            stages=tuple(int(s) for s in stages.split(",") if s.strip()),
+            augment_copies=augment_copies,
+            seed=seed,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            dtype=dtype,
+            input_size=input_size,
+            progress=progress,
             meta={"model": model, "data": data},
         )
         if store is not None:
@@ -47,7 +58,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         s = FeatureStore(store)
         spec = s.spec
-        typer.echo(f"{store}: {spec.num_images} images x {spec.copies} copies, features {spec.feature_dim}, "
-                   f"styles {spec.style_channels}x2, {spec.dtype}, {len(spec.shard_ranges())} shards")
+        typer.echo(
+            f"{store}: {spec.num_images} images x {spec.copies} copies, features {spec.feature_dim}, "
+            f"styles {spec.style_channels}x2, {spec.dtype}, {len(spec.shard_ranges())} shards"
+        )
         for k, v in sorted(spec.meta.items()):
             typer.echo(f"  {k}: {v}")

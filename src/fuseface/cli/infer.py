@@ -47,8 +47,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         fm = fuseface.load(str(model))
         res = fm.embed_photos(paths, batch_size=batch_size, flip=flip, detect=detect, progress=len(paths) > 20)
         _report_errors(res.errors)
-        np.savez(out, embeddings=res.embeddings, norms=res.norms, paths=np.asarray([str(p) for p in paths]),
-                 ok=res.ok)
+        np.savez(out, embeddings=res.embeddings, norms=res.norms, paths=np.asarray([str(p) for p in paths]), ok=res.ok)
         typer.echo(f"wrote {out}: {int(res.ok.sum())}/{len(paths)} embedded, dim {res.embeddings.shape[1]}")
 
     @app.command("compare")
@@ -104,8 +103,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             _report_errors(res.errors)
             if not res.ok.any():
                 raise DataError("no usable image to fuse")
-            template = fuseface.fuse(res.embeddings[res.ok], method=method,
-                                     model=str(fusion_weights) if fusion_weights else None)
+            template = fuseface.fuse(
+                res.embeddings[res.ok], method=method, model=str(fusion_weights) if fusion_weights else None
+            )
         typer.echo(f"fused {len(images)} images with {method}: template dim {template.shape[0]}")
         if out is not None:
             np.save(out, template)
@@ -157,8 +157,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         if is_fusion_file(model):
             info = export_fusion_file(model, onnx, max_images=max_images)
-            typer.echo(f"wrote {info['path']} (CAFace, N={info['max_images']} with mask, opset {info['opset']}); "
-                       f"onnxruntime max abs diff {info['max_abs_diff']:.2e}")
+            typer.echo(
+                f"wrote {info['path']} (CAFace, N={info['max_images']} with mask, opset {info['opset']}); "
+                f"onnxruntime max abs diff {info['max_abs_diff']:.2e}"
+            )
             return
         info = export_model_file(model, onnx, fold_bn=fold_bn)
         typer.echo(

@@ -14,14 +14,14 @@ import sys
 import typer
 
 COMMAND_MODULES = (
-    "fuseface.cli.data",      # data pack
-    "fuseface.cli.demo",      # demo
-    "fuseface.cli.train",     # train
+    "fuseface.cli.data",  # data pack
+    "fuseface.cli.demo",  # demo
+    "fuseface.cli.train",  # train
     "fuseface.cli.evaluate",  # eval ..., report
-    "fuseface.cli.models",    # models info
+    "fuseface.cli.models",  # models info
     "fuseface.cli.features",  # features extract
-    "fuseface.cli.align",     # align, data build-bin, models fetch
-    "fuseface.cli.infer",     # embed, compare, fuse, search, export
+    "fuseface.cli.align",  # align, data build-bin, models fetch
+    "fuseface.cli.infer",  # embed, compare, fuse, search, export
 )
 
 GROUPS = {

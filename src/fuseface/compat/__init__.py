@@ -57,7 +57,7 @@ def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Remove ``prefix`` from every key that has it (e.g. ``module.`` left by DataParallel)."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> nn.Module:
@@ -67,6 +67,7 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
     unexpected = sorted(set(state_dict) - set(own))
     wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
     if missing or unexpected or wrong:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:6]) + (f" ... (+{len(keys) - 6})" if len(keys) > 6 else "")
 

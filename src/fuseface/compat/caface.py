@@ -33,8 +33,8 @@ def split_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
     """``(aggregator keys without prefix, backbone keys without prefix, centre table or None)``."""
-    agg = {k[len(AGGREGATOR_PREFIX):]: v for k, v in state_dict.items() if k.startswith(AGGREGATOR_PREFIX)}
-    backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in state_dict.items() if k.startswith(BACKBONE_PREFIX)}
+    agg = {k[len(AGGREGATOR_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(AGGREGATOR_PREFIX)}
+    backbone = {k[len(BACKBONE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(BACKBONE_PREFIX)}
     center = state_dict.get(CENTER_KEY)
     if not agg:  # an aggregator state dict on its own
         agg = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIX) and k != CENTER_KEY}

@@ -129,7 +129,9 @@ def load_bin(path: str | Path, image_size: int = 112) -> tuple[np.ndarray, np.nd
 
 
 def save_bin(
-    path: str | Path, images: np.ndarray | Sequence[np.ndarray | bytes], issame: Sequence[bool] | np.ndarray,
+    path: str | Path,
+    images: np.ndarray | Sequence[np.ndarray | bytes],
+    issame: Sequence[bool] | np.ndarray,
     quality: int = 95,
 ) -> Path:
     """Write a ``.bin`` set: ``images`` are uint8 RGB arrays (encoded as JPEG, ``quality``) or

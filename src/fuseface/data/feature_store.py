@@ -80,8 +80,10 @@ class FeatureStoreWriter:
         self.done: set[int] = set()
         if manifest_path.is_file():
             old = _read_manifest(self.root)
-            old_spec = {k: old["spec"].get(k) for k in ("num_images", "feature_dim", "style_channels", "copies",
-                                                       "shard_size", "dtype")}
+            old_spec = {
+                k: old["spec"].get(k)
+                for k in ("num_images", "feature_dim", "style_channels", "copies", "shard_size", "dtype")
+            }
             new_spec = {k: getattr(spec, k) for k in old_spec}
             if old_spec != new_spec:
                 diff = {k: (old_spec[k], new_spec[k]) for k in old_spec if old_spec[k] != new_spec[k]}
@@ -90,10 +92,16 @@ class FeatureStoreWriter:
         self._save_manifest()
 
     def _save_manifest(self) -> None:
-        _write_json(self.root / MANIFEST, {
-            "format": FORMAT, "version": VERSION, "spec": asdict(self.spec),
-            "num_shards": len(self.spec.shard_ranges()), "complete": sorted(self.done),
-        })
+        _write_json(
+            self.root / MANIFEST,
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "spec": asdict(self.spec),
+                "num_shards": len(self.spec.shard_ranges()),
+                "complete": sorted(self.done),
+            },
+        )
 
     def pending(self) -> list[tuple[int, int, int]]:
         """``(shard_id, start, stop)`` of the shards not written yet."""
@@ -112,10 +120,14 @@ class FeatureStoreWriter:
         if dt == torch.float16:
             big = max(float(f.abs().nan_to_num(0.0).max()), float(s.abs().nan_to_num(0.0).max()))
             if big > 65000.0:
-                raise DataError(f"{self.root}: shard {shard_id} has values up to {big:.3g}, beyond float16; "
-                                "use dtype float32 (--dtype float32)")
+                raise DataError(
+                    f"{self.root}: shard {shard_id} has values up to {big:.3g}, beyond float16; "
+                    "use dtype float32 (--dtype float32)"
+                )
         tensors = {
-            "features": f.to(dt).contiguous(), "styles": s.to(dt).contiguous(), "labels": lab.contiguous(),
+            "features": f.to(dt).contiguous(),
+            "styles": s.to(dt).contiguous(),
+            "labels": lab.contiguous(),
             "index": torch.arange(start, stop, dtype=torch.int64),
         }
         path = self.root / _shard_name(shard_id)
@@ -152,8 +164,10 @@ class FeatureStore:
         self.spec = StoreSpec(**manifest["spec"])
         missing = sorted(set(range(manifest["num_shards"])) - {int(i) for i in manifest.get("complete", [])})
         if missing:
-            raise DataError(f"{self.root}: incomplete feature store, {len(missing)} shards missing "
-                            f"(first: {_shard_name(missing[0])}); re-run the extraction to resume")
+            raise DataError(
+                f"{self.root}: incomplete feature store, {len(missing)} shards missing "
+                f"(first: {_shard_name(missing[0])}); re-run the extraction to resume"
+            )
 
     @property
     def num_images(self) -> int:
@@ -180,12 +194,20 @@ class FeatureStore:
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = list(self.shards())
-        return (np.concatenate([p["features"] for p in parts]), np.concatenate([p["styles"] for p in parts]),
-                np.concatenate([p["labels"] for p in parts]))
+        return (
+            np.concatenate([p["features"] for p in parts]),
+            np.concatenate([p["styles"] for p in parts]),
+            np.concatenate([p["labels"] for p in parts]),
+        )
 
 
 def write_feature_store(
-    root: str | Path, features: Any, styles: Any, labels: Any, shard_size: int = 4096, dtype: str = "float32",
+    root: str | Path,
+    features: Any,
+    styles: Any,
+    labels: Any,
+    shard_size: int = 4096,
+    dtype: str = "float32",
     meta: dict[str, Any] | None = None,
 ) -> FeatureStore:
     """Write in-memory arrays (N, C, D) / (N, C, S, 2) / (N,) as a store (``C`` may be omitted)."""
@@ -193,8 +215,15 @@ def write_feature_store(
     s = np.asarray(styles, dtype=np.float32)
     if f.ndim == 2:
         f, s = f[:, None], s[:, None]
-    spec = StoreSpec(num_images=len(f), feature_dim=f.shape[-1], style_channels=s.shape[-2], copies=f.shape[1],
-                     shard_size=shard_size, dtype=dtype, meta=dict(meta or {}))
+    spec = StoreSpec(
+        num_images=len(f),
+        feature_dim=f.shape[-1],
+        style_channels=s.shape[-2],
+        copies=f.shape[1],
+        shard_size=shard_size,
+        dtype=dtype,
+        meta=dict(meta or {}),
+    )
     writer = FeatureStoreWriter(root, spec)
     lab = np.asarray(labels)
     for i, a, b in writer.pending():

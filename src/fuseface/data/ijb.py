@@ -348,8 +348,10 @@ def load_ijb(root: str | Path, target: str, *, one_to_n: bool | None = None, pai
     want = one_to_n if one_to_n is not None else all(paths[k].is_file() for k in ("gallery1", "gallery2", "probe"))
     if want:
         g1, g2 = GALLERY_NAMES[target]
-        proto.galleries = {g1: read_template_subject_csv(paths["gallery1"]),
-                           g2: read_template_subject_csv(paths["gallery2"])}
+        proto.galleries = {
+            g1: read_template_subject_csv(paths["gallery1"]),
+            g2: read_template_subject_csv(paths["gallery2"]),
+        }
         proto.probes = read_template_subject_csv(paths["probe"])
         for name, (tids, _) in [*proto.galleries.items(), ("probe", proto.probes)]:
             missing = ~_known(known, tids)

@@ -33,7 +33,8 @@ PROTOCOLS = {
     "surveillance_to_single": ("cs6_surveillance_to_single-booking_probe.csv", "cs6_surveillance_to_single_g{}.csv"),
     "surveillance_to_booking": ("cs6_surveillance_to_single-booking_probe.csv", "cs6_surveillance_to_booking_g{}.csv"),
     "surveillance_to_surveillance": (
-        "cs6_surveillance_to_surveillance_probe.csv", "cs6_surveillance_to_surveillance_g{}.csv",
+        "cs6_surveillance_to_surveillance_probe.csv",
+        "cs6_surveillance_to_surveillance_g{}.csv",
     ),
 }
 
@@ -118,9 +119,7 @@ def load_ijbs(protocol_dir: str | Path, image_list: list[str], protocol: str) ->
             idx += rows_of.get(_key(subject, m), [])
         return np.asarray(idx, dtype=np.int64)
 
-    out = IJBSTemplates(
-        np.array([s for s, _ in probes], dtype=np.int64), [rows(s, [v]) for s, v in probes]
-    )
+    out = IJBSTemplates(np.array([s for s, _ in probes], dtype=np.int64), [rows(s, [v]) for s, v in probes])
     for g in (1, 2):
         gpath = pdir / "galleries" / gallery_pattern.format(g)
         entries = []
@@ -134,7 +133,5 @@ def load_ijbs(protocol_dir: str | Path, image_list: list[str], protocol: str) ->
             out.galleries.append((np.array(subjects, dtype=np.int64), [rows(s, media[s]) for s in subjects]))
         else:
             uniq = list(dict.fromkeys(entries)) if protocol == "surveillance_to_surveillance" else entries
-            out.galleries.append(
-                (np.array([s for s, _ in uniq], dtype=np.int64), [rows(s, [m]) for s, m in uniq])
-            )
+            out.galleries.append((np.array([s for s, _ in uniq], dtype=np.int64), [rows(s, [m]) for s, m in uniq]))
     return out

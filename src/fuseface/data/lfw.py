@@ -80,9 +80,7 @@ def read_pairs(path: str | Path) -> list[LFWPair]:
             else:
                 raise ValueError(f"{len(parts)} fields")
         except ValueError as exc:
-            raise ProtocolFileError(
-                f"{path}:{lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2' ({exc})"
-            ) from None
+            raise ProtocolFileError(f"{path}:{lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2' ({exc})") from None
         if pair.same != same_expected:
             kind = "same-person" if same_expected else "different-person"
             raise ProtocolFileError(f"{path}:{lineno}: expected a {kind} line at this position of fold {fold + 1}")

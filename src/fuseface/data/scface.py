@@ -88,7 +88,10 @@ def load_scface(root: str | Path, split: str = "all", cameras: tuple[str, ...] =
         if not folder.is_dir():
             raise ProtocolFileError(f"{folder}: surveillance folder for {d} not found")
         paths = sorted(
-            p for cam in cameras if (folder / cam).is_dir() for p in (folder / cam).iterdir()
+            p
+            for cam in cameras
+            if (folder / cam).is_dir()
+            for p in (folder / cam).iterdir()
             if p.is_file() and _subject(p) in keep
         )
         proto.probes[d] = (paths, np.array([_subject(p) for p in paths], dtype=np.int64))

@@ -568,7 +568,10 @@ def _render(ident: Identity, nz: Nuisance, rng: np.random.Generator, image_size:
         d = _deformation_field((side, side), 6.0 * nz.deformation * k, rng)
         gx = np.arange(side, dtype=np.float32)
         canvas = cv2.remap(
-            canvas, gx[None, :] + d[..., 0], gx[:, None] + d[..., 1], cv2.INTER_LINEAR,
+            canvas,
+            gx[None, :] + d[..., 0],
+            gx[:, None] + d[..., 1],
+            cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REFLECT101,
         )
         lm_c = (lm + 0.5) * k - 0.5

@@ -32,7 +32,10 @@ def _best_mate(scores: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.
 
 
 def mate_ranks(
-    probe_feats: np.ndarray, probe_labels: np.ndarray, gallery_feats: np.ndarray, gallery_labels: np.ndarray,
+    probe_feats: np.ndarray,
+    probe_labels: np.ndarray,
+    gallery_feats: np.ndarray,
+    gallery_labels: np.ndarray,
     chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ranks of mated probes, mask of mated probes)``; scores are inner products."""

@@ -138,8 +138,12 @@ def build_template_features(
     _check_features(flip_features, proto, "flip features")
     inplace = overwrite_features and features.dtype == np.float32 and features.flags.writeable
     feats = image_features(
-        features, flip_features, proto.faceness,
-        flip_test=flip_test, keep_norm=keep_norm, detector_score=detector_score,
+        features,
+        flip_features,
+        proto.faceness,
+        flip_test=flip_test,
+        keep_norm=keep_norm,
+        detector_score=detector_score,
         out=features if inplace else None,
     )
     valid = ~invalid_rows(feats)  # NaN/inf propagate and all-zero rows stay zero through the switches
@@ -178,8 +182,13 @@ def evaluate_1to1(
     """
     proto = root if isinstance(root, IJBProtocol) else load_ijb(root, target, one_to_n=False)
     tf, switches = build_template_features(
-        proto, features, flip_features, flip_test=flip_test, keep_norm=keep_norm,
-        detector_score=detector_score, template_features=template_features,
+        proto,
+        features,
+        flip_features,
+        flip_test=flip_test,
+        keep_norm=keep_norm,
+        detector_score=detector_score,
+        template_features=template_features,
         overwrite_features=overwrite_features,
     )
     r1 = tf.rows(proto.pair_t1)
@@ -338,8 +347,13 @@ def evaluate_1toN(  # noqa: N802 (public interface name)
     if not proto.galleries or proto.probes is None:
         raise ValueError(f"{proto.target}: the 1:N protocol files were not loaded")
     tf, switches = build_template_features(
-        proto, features, flip_features, flip_test=flip_test, keep_norm=keep_norm,
-        detector_score=detector_score, template_features=template_features,
+        proto,
+        features,
+        flip_features,
+        flip_test=flip_test,
+        keep_norm=keep_norm,
+        detector_score=detector_score,
+        template_features=template_features,
         overwrite_features=overwrite_features,
     )
     p_t, p_s = _unique_first(*proto.probes)
@@ -358,8 +372,9 @@ def evaluate_1toN(  # noqa: N802 (public interface name)
         g_s = np.concatenate([g[1] for g in proto.galleries.values()])
         g_t, g_s = _unique_first(g_t, g_s)
         out = legacy_pooled_1toN(probe_feats, p_s, tf.features[tf.rows(g_t)], g_s, fpirs, ranks)
-        result.update(tpir_at_fpir=out["tpir_at_fpir"], cmc=out["cmc"], thresholds=out["thresholds"],
-                      num_gallery=int(g_t.size))
+        result.update(
+            tpir_at_fpir=out["tpir_at_fpir"], cmc=out["cmc"], thresholds=out["thresholds"], num_gallery=int(g_t.size)
+        )
         return result
     per: dict[str, Any] = {}
     hits = dict.fromkeys(ranks, 0)
@@ -374,9 +389,7 @@ def evaluate_1toN(  # noqa: N802 (public interface name)
         ranks_all.append(out.pop("mated_rank"))
         per[name] = {**out, "num_gallery": int(g_t.size)}
     result["galleries"] = per
-    result["tpir_at_fpir"] = {
-        float(f): float(np.mean([per[g]["tpir_at_fpir"][float(f)] for g in per])) for f in fpirs
-    }
+    result["tpir_at_fpir"] = {float(f): float(np.mean([per[g]["tpir_at_fpir"][float(f)] for g in per])) for f in fpirs}
     result["cmc"] = {int(k): (hits[k] / mated_total if mated_total else float("nan")) for k in ranks}
     result["cmc_per_probe"] = {int(k): hits[k] / p_t.size for k in ranks}
     result["num_mated_searches"] = int(mated_total)

@@ -70,9 +70,7 @@ def roc_curve(
     return fpr, tpr, thresholds
 
 
-def tar_at_far_from_roc(
-    fpr: np.ndarray, tpr: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS
-) -> dict[float, float]:
+def tar_at_far_from_roc(fpr: np.ndarray, tpr: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS) -> dict[float, float]:
     """Reference rule: flip both arrays, take the TPR at the nearest FPR (first index on ties)."""
     fpr_f, tpr_f = np.flipud(fpr), np.flipud(tpr)
     return {float(x): float(tpr_f[int(np.argmin(np.abs(fpr_f - x)))]) for x in fars}
@@ -83,9 +81,7 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def tar_at_far(
-    labels: np.ndarray, scores: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS
-) -> dict[float, float]:
+def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS) -> dict[float, float]:
     """TAR at each target FAR by the nearest-FPR rule on the default ROC (see module docstring)."""
     fpr, tpr, _ = roc_curve(labels, scores)
     return tar_at_far_from_roc(fpr, tpr, fars)

@@ -76,8 +76,15 @@ class DemoSettings:
         fields = (
             ("train", self.seed, self.image_size, self.num_identities, self.images_per_identity, self.nuisance)
             if kind == "train"
-            else ("pairs", self.seed, self.image_size, self.eval_identities, self.eval_images_per_identity,
-                  self.eval_pairs, self.nuisance)
+            else (
+                "pairs",
+                self.seed,
+                self.image_size,
+                self.eval_identities,
+                self.eval_images_per_identity,
+                self.eval_pairs,
+                self.nuisance,
+            )
         )
         return hashlib.sha1(repr(fields).encode()).hexdigest()[:10]
 
@@ -293,14 +300,28 @@ def engine_config(settings: DemoSettings, train_dir: Path, run_dir: Path, progre
         {
             "out_dir": str(run_dir),
             "model": {"name": DEMO_ARCH, "kwargs": kwargs},
-            "data": {"kind": "recordio", "root": str(train_dir), "image_size": settings.image_size,
-                     "num_workers": 0, "flip": True},
+            "data": {
+                "kind": "recordio",
+                "root": str(train_dir),
+                "image_size": settings.image_size,
+                "num_workers": 0,
+                "flip": True,
+            },
             "loss": {"name": "cosface", "s": settings.margin_s, "m3": settings.margin_m},
-            "optim": {"name": "sgd", "lr": settings.lr, "momentum": 0.9, "weight_decay": settings.weight_decay,
-                      "clip_grad_norm": 5.0},
+            "optim": {
+                "name": "sgd",
+                "lr": settings.lr,
+                "momentum": 0.9,
+                "weight_decay": settings.weight_decay,
+                "clip_grad_norm": 5.0,
+            },
             "schedule": {"name": "cosine", "warmup_steps": max(1, int(settings.steps * settings.warmup_fraction))},
-            "train": {"steps": settings.steps, "batch_size": settings.batch_size, "seed": settings.seed,
-                      "device": "cpu"},
+            "train": {
+                "steps": settings.steps,
+                "batch_size": settings.batch_size,
+                "seed": settings.seed,
+                "device": "cpu",
+            },
             "checkpoint": {"every": 0, "keep": 1},
             "log": {"every": max(1, settings.steps // 10), "progress": progress, "tensorboard": False},
         },
@@ -332,8 +353,9 @@ def _train_with_engine(settings: DemoSettings, train_dir: Path, out_dir: Path, p
     model, _ = load_model(result.model_path)
     losses = [float(h["loss"]) for h in result.history if "loss" in h]
     notes.append(f"trained by fuseface.train.trainer; run folder {run_dir} (config.yaml, metrics, model file)")
-    return TrainOutcome(model, losses, seconds, settings.steps * settings.batch_size / seconds,
-                        "fuseface.train.trainer", notes)
+    return TrainOutcome(
+        model, losses, seconds, settings.steps * settings.batch_size / seconds, "fuseface.train.trainer", notes
+    )
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -369,8 +391,12 @@ def _fallback_verification(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarra
         cands = np.unique(sim[train])
         best = max(cands, key=lambda t: np.mean((sim[train] >= t) == issame[train]))
         accs.append(np.mean((sim[test] >= best) == issame[test]))
-    return {"accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)), "val": float("nan"),
-            "far": float("nan")}
+    return {
+        "accuracy_mean": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "val": float("nan"),
+        "far": float("nan"),
+    }
 
 
 def evaluate_pairs(emb: np.ndarray, issame: np.ndarray) -> tuple[dict[str, Any], str]:
@@ -389,9 +415,7 @@ def cosine_scores(emb: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- set fusion hook
-def _set_fusion_section(
-    model: nn.Module, settings: DemoSettings, out_dir: Path, quick: bool, progress: bool
-) -> str:
+def _set_fusion_section(model: nn.Module, settings: DemoSettings, out_dir: Path, quick: bool, progress: bool) -> str:
     """HOOK for the CAFace helper: the set-fusion part of the demo (issue 6, item 6).
 
     Calls ``fuseface.experiments.set_fusion.run(backbone=model, out_dir=out_dir / "set_fusion",
@@ -654,5 +678,3 @@ def run_demo(
     if progress:
         _print_table(results, report)
     return report
-
-

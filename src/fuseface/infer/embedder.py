@@ -226,15 +226,14 @@ class FaceModel:
             and images.shape[1:3] == (self.input_size, self.input_size)
         ):
             return self.embed_aligned(images, batch_size=batch_size, flip=flip, progress=progress)
-        res = self.embed_photos(images, batch_size=batch_size, flip=flip, detect=detect, policy=policy,
-                                progress=progress)
+        res = self.embed_photos(
+            images, batch_size=batch_size, flip=flip, detect=detect, policy=policy, progress=progress
+        )
         for msg in res.errors.values():
             warnings.warn(msg, stacklevel=2)
         return res.embeddings, res.norms
 
-    def compare(
-        self, image_a: Any, image_b: Any, threshold: float | None = None, flip: bool = False
-    ) -> dict[str, Any]:
+    def compare(self, image_a: Any, image_b: Any, threshold: float | None = None, flip: bool = False) -> dict[str, Any]:
         """Cosine similarity of the faces in two inputs and the verdict ``similarity >= threshold``.
 
         The threshold defaults to the model file's ``extra["threshold"]`` or :data:`DEFAULT_THRESHOLD`.
@@ -247,8 +246,12 @@ class FaceModel:
             raise DataError("; ".join(res.errors.values()))
         a, b = res.embeddings
         sim = float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
-        return {"similarity": sim, "threshold": threshold, "same": sim >= threshold,
-                "norms": (float(res.norms[0]), float(res.norms[1]))}
+        return {
+            "similarity": sim,
+            "threshold": threshold,
+            "same": sim >= threshold,
+            "norms": (float(res.norms[0]), float(res.norms[1])),
+        }
 
     def optimize(self, **kwargs: Any) -> FaceModel:
         """Fold batch norms etc. in place (see :func:`fuseface.infer.optimize.prepare_for_inference`)."""

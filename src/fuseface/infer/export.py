@@ -54,16 +54,26 @@ def export_onnx(
     example = torch.randn(2, 3, input_size, input_size)
     try:
         torch.onnx.export(
-            wrapped, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["embedding"],
+            wrapped,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["embedding"],
             dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
         )
     except Exception as first:  # fall back to the dynamo exporter
         try:
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.onnx.export(
-                wrapped, (example,), dynamo=True, opset_version=opset, input_names=["input"],
-                output_names=["embedding"], dynamic_shapes=({0: batch},),
+                wrapped,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["embedding"],
+                dynamic_shapes=({0: batch},),
             )
             program.save(str(path))
         except Exception as second:
@@ -109,12 +119,22 @@ def export_model_file(model_path: str | Path, onnx_path: str | Path, fold_bn: bo
         from fuseface.infer.optimize import prepare_for_inference
 
         net = prepare_for_inference(net, channels_last=False)
-    props = {"fuseface_arch": meta.arch, "fuseface_arch_kwargs": json.dumps(meta.arch_kwargs),
-             "channel_order": meta.channel_order, "input_size": str(meta.input_size)}
+    props = {
+        "fuseface_arch": meta.arch,
+        "fuseface_arch_kwargs": json.dumps(meta.arch_kwargs),
+        "channel_order": meta.channel_order,
+        "input_size": str(meta.input_size),
+    }
     export_onnx(net, onnx_path, input_size=meta.input_size, metadata=props)
     diff = check_onnx(net, onnx_path, input_size=meta.input_size)
-    return {"path": str(onnx_path), "max_abs_diff": diff, "arch": meta.arch, "channel_order": meta.channel_order,
-            "input_size": meta.input_size, "opset": OPSET}
+    return {
+        "path": str(onnx_path),
+        "max_abs_diff": diff,
+        "arch": meta.arch,
+        "channel_order": meta.channel_order,
+        "input_size": meta.input_size,
+        "opset": OPSET,
+    }
 
 
 class MaskedCAFace(nn.Module):
@@ -195,8 +215,13 @@ def export_caface(caface: nn.Module, path: str | Path, max_images: int = 32, ops
     d, ch = caface.feature_dim, caface.style_channels
     example = (torch.randn(1, max_images, d), torch.randn(1, max_images, ch, 2), torch.ones(1, max_images))
     torch.onnx.export(
-        wrapped, example, str(path), dynamo=False, opset_version=opset,
-        input_names=["features", "styles", "mask"], output_names=["template"],
+        wrapped,
+        example,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=["features", "styles", "mask"],
+        output_names=["template"],
         dynamic_axes={"features": {0: "batch"}, "styles": {0: "batch"}, "mask": {0: "batch"}, "template": {0: "batch"}},
     )
     return path
@@ -224,8 +249,12 @@ def export_fusion_file(fusion_path: str | Path, onnx_path: str | Path, max_image
     f[0, :n], s[0, :n], m[0, :n] = feats.numpy(), styles.numpy(), 1.0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"features": f, "styles": s, "mask": m})[0][0]
-    return {"path": str(onnx_path), "max_abs_diff": float(np.abs(out - ref).max()), "max_images": max_images,
-            "opset": OPSET}
+    return {
+        "path": str(onnx_path),
+        "max_abs_diff": float(np.abs(out - ref).max()),
+        "max_images": max_images,
+        "opset": OPSET,
+    }
 
 
 def is_fusion_file(path: str | Path) -> bool:

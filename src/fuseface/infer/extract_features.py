@@ -38,8 +38,14 @@ from fuseface.data.feature_store import FeatureStore, FeatureStoreWriter, StoreS
 from fuseface.errors import DataError
 
 __all__ = [
-    "ArraySource", "CAFaceAugmenter", "FolderSource", "ImageSource", "RecordIOSource", "extract_features",
-    "load_backbone", "stage_styles",
+    "ArraySource",
+    "CAFaceAugmenter",
+    "FolderSource",
+    "ImageSource",
+    "RecordIOSource",
+    "extract_features",
+    "load_backbone",
+    "stage_styles",
 ]
 
 
@@ -155,7 +161,7 @@ class CAFaceAugmenter:
                 if 0 < cw <= w and 0 < ch <= h:
                     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
                     out = np.zeros_like(img)
-                    out[y:y + ch, x:x + cw] = img[y:y + ch, x:x + cw]
+                    out[y : y + ch, x : x + cw] = img[y : y + ch, x : x + cw]
                     return out
             return img.copy()
         if kind == 1:  # affine: zoom and translation
@@ -199,8 +205,9 @@ class CAFaceAugmenter:
             return cv2.filter2D(img, -1, kernel / max(kernel.sum(), 1e-6))
         side = rng.uniform(0.2, 1.0)
         interps = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
-        small = cv2.resize(img, (max(1, int(w * side)), max(1, int(h * side))),
-                           interpolation=interps[int(rng.integers(len(interps)))])
+        small = cv2.resize(
+            img, (max(1, int(w * side)), max(1, int(h * side))), interpolation=interps[int(rng.integers(len(interps)))]
+        )
         return cv2.resize(small, (w, h), interpolation=interps[int(rng.integers(len(interps)))])
 
     def strong(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -260,7 +267,10 @@ def _to_input(images: list[np.ndarray], channel_order: str, size: int) -> torch.
 
 @torch.inference_mode()
 def embed_with_styles(
-    model: nn.Module, images: list[np.ndarray], channel_order: str, stages: Sequence[int] = (1, 2),
+    model: nn.Module,
+    images: list[np.ndarray],
+    channel_order: str,
+    stages: Sequence[int] = (1, 2),
     input_size: int = 112,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Un-normalised embeddings (B, D) and styles (B, ΣC, 2) of uint8 RGB images."""
@@ -300,10 +310,20 @@ def extract_features(
     probe_emb, probe_sty = embed_with_styles(model, [source[0][0]], order, stages, input_size)
     copies = 1 + augment_copies
     spec = StoreSpec(
-        num_images=len(source), feature_dim=probe_emb.shape[1], style_channels=probe_sty.shape[1], copies=copies,
-        shard_size=shard_size, dtype=dtype,
-        meta={"channel_order": order, "stages": list(stages), "augment_copies": augment_copies, "seed": seed,
-              "augmentation": "caface_precompute" if augment_copies else "none", **(meta or {})},
+        num_images=len(source),
+        feature_dim=probe_emb.shape[1],
+        style_channels=probe_sty.shape[1],
+        copies=copies,
+        shard_size=shard_size,
+        dtype=dtype,
+        meta={
+            "channel_order": order,
+            "stages": list(stages),
+            "augment_copies": augment_copies,
+            "seed": seed,
+            "augmentation": "caface_precompute" if augment_copies else "none",
+            **(meta or {}),
+        },
     )
     writer = FeatureStoreWriter(out_dir, spec)
     pending = writer.pending()

@@ -52,8 +52,11 @@ class ExactIndex:
 
     def _scores(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         sims = q @ self.vectors.T
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(
-            np.arange(sims.shape[1]), (len(q), 1))
+        idx = (
+            np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            if k < sims.shape[1]
+            else np.tile(np.arange(sims.shape[1]), (len(q), 1))
+        )
         part = np.take_along_axis(sims, idx, axis=1)
         order = np.argsort(-part, axis=1, kind="stable")
         return np.take_along_axis(part, order, axis=1), np.take_along_axis(idx, order, axis=1)

@@ -68,8 +68,6 @@ def fold_bn_before_linear(bn: nn.BatchNorm2d, linear: nn.Linear) -> None:
     linear.weight = nn.Parameter((w * a_flat[None, :]).to(linear.weight.dtype), requires_grad=False)
 
 
-
-
 def _fold_sequential(seq: nn.Sequential) -> int:
     """Fold the foldable patterns inside one ``nn.Sequential``; returns how many BNs were folded."""
     mods = list(seq.children())

@@ -112,7 +112,10 @@ def profile_model(model: nn.Module, input_size: int = 112, device: str | torch.d
     else:
         emb = out
     return ModelProfile(
-        params=count_params(model), macs=macs, input_size=input_size, stage_shapes=stages,
+        params=count_params(model),
+        macs=macs,
+        input_size=input_size,
+        stage_shapes=stages,
         embedding_dim=int(emb.shape[-1]),
     )
 

@@ -55,8 +55,11 @@ def capture_rng() -> dict[str, Any]:
             "has_gauss": int(np_state[3]),
             "cached_gaussian": float(np_state[4]),
         },
-        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss": py_gauss},
+        "python": {
+            "version": int(py_version),
+            "internal": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -106,8 +109,9 @@ def optimizer_state_full(optimizer: torch.optim.Optimizer, sharded: Mapping[nn.P
     return state
 
 
-def optimizer_state_local(state: dict[str, Any], optimizer: torch.optim.Optimizer,
-                          sharded: Mapping[nn.Parameter, ShardSpec]) -> dict[str, Any]:
+def optimizer_state_local(
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, sharded: Mapping[nn.Parameter, ShardSpec]
+) -> dict[str, Any]:
     """Cut the gathered state of sharded parameters back to this rank's rows."""
     params = _optimizer_param_order(optimizer)
     for index, param in enumerate(params):
@@ -132,8 +136,9 @@ def module_states_full(modules: Mapping[str, nn.Module], sharded: Mapping[nn.Par
     return out
 
 
-def load_module_states(modules: Mapping[str, nn.Module], states: Mapping[str, Any],
-                       sharded: Mapping[nn.Parameter, ShardSpec], source: str) -> None:
+def load_module_states(
+    modules: Mapping[str, nn.Module], states: Mapping[str, Any], sharded: Mapping[nn.Parameter, ShardSpec], source: str
+) -> None:
     missing = [n for n in modules if n not in states]
     if missing:
         raise CheckpointError(f"{source}: no state for module(s) {missing}")

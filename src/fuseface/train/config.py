@@ -34,7 +34,7 @@ from fuseface.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    name: str = "ir50"                                   # registered backbone name
+    name: str = "ir50"  # registered backbone name
     kwargs: dict[str, Any] = field(default_factory=dict)  # create_backbone keywords (conv, head, input_size...)
 
 
@@ -44,18 +44,18 @@ class SyntheticConfig:
     images_per_identity: int = 8
     seed: int = 0
     nuisance: str = "default"
-    cache_dir: str = ""          # default: <out_dir>/../.synthetic_cache/<hash of these settings>
+    cache_dir: str = ""  # default: <out_dir>/../.synthetic_cache/<hash of these settings>
 
 
 @dataclass
 class DataConfig:
-    kind: str = "recordio"       # recordio | folder | synthetic
-    root: str = ""               # RecordIO folder (train.rec/.idx) or image folder
-    channel_order: str = "rgb"   # order the network sees: rgb (insightface) or bgr (AdaFace)
-    image_size: int = 112        # side fed to the network (images are resized if they differ)
-    num_classes: int = 0         # 0: taken from the dataset
+    kind: str = "recordio"  # recordio | folder | synthetic
+    root: str = ""  # RecordIO folder (train.rec/.idx) or image folder
+    channel_order: str = "rgb"  # order the network sees: rgb (insightface) or bgr (AdaFace)
+    image_size: int = 112  # side fed to the network (images are resized if they differ)
+    num_classes: int = 0  # 0: taken from the dataset
     flip: bool = True
-    adaface_aug: bool = False    # AdaFace crop / low-res / photometric augmentation (p=0.2 each)
+    adaface_aug: bool = False  # AdaFace crop / low-res / photometric augmentation (p=0.2 each)
     occlusion_p: float = 0.0
     skip_corrupt: bool = False
     num_workers: int = 2
@@ -64,36 +64,36 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "arcface"        # arcface | cosface | combined | adaface
+    name: str = "arcface"  # arcface | cosface | combined | adaface
     s: float = 64.0
-    m1: float = 1.0              # combined: cos(m1*theta + m2) - m3
+    m1: float = 1.0  # combined: cos(m1*theta + m2) - m3
     m2: float = 0.5
     m3: float = 0.0
-    m: float = 0.4               # adaface margin (arcface/cosface use m2/m3 via their defaults)
+    m: float = 0.4  # adaface margin (arcface/cosface use m2/m3 via their defaults)
     h: float = 0.333
     t_alpha: float = 0.01
     no_grad_margin: bool = False  # insightface's margin-under-no_grad behaviour
-    sample_rate: float = 1.0     # Partial FC: fraction of class centres per step
+    sample_rate: float = 1.0  # Partial FC: fraction of class centres per step
     fc_init_std: float = 0.01
     aux_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"            # sgd | adamw
+    name: str = "sgd"  # sgd | adamw
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    no_decay_bn: bool = False    # AdaFace: no weight decay on BatchNorm parameters
+    no_decay_bn: bool = False  # AdaFace: no weight decay on BatchNorm parameters
     clip_grad_norm: float = 5.0  # 0: off (applied to the backbone, as insightface)
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "poly"           # poly | cosine | multistep | constant
+    name: str = "poly"  # poly | cosine | multistep | constant
     warmup_epochs: float = 0.0
-    warmup_steps: int = 0        # added to warmup_epochs * steps_per_epoch
+    warmup_steps: int = 0  # added to warmup_epochs * steps_per_epoch
     power: float = 1.0
     milestones: list[float] = field(default_factory=list)  # multistep, in epochs
     gamma: float = 0.1
@@ -103,20 +103,20 @@ class ScheduleConfig:
 @dataclass
 class LoopConfig:
     epochs: float = 20.0
-    steps: int = 0               # > 0 overrides epochs
-    batch_size: int = 128        # per process
-    global_batch_size: int = 0   # > 0: fixed global batch (per-process batch derived)
+    steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 128  # per process
+    global_batch_size: int = 0  # > 0: fixed global batch (per-process batch derived)
     grad_accum: int = 1
     seed: int = 2048
-    device: str = "auto"         # auto | cpu | cuda
-    amp: str = "none"            # none | fp16 | bf16 (bf16 also on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "none"  # none | fp16 | bf16 (bf16 also on CPU)
     deterministic: bool = False
-    num_threads: int = 0         # torch.set_num_threads when > 0
+    num_threads: int = 0  # torch.set_num_threads when > 0
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 2000            # steps; 0: only at the end
+    every: int = 2000  # steps; 0: only at the end
     keep: int = 2
 
 
@@ -130,7 +130,7 @@ class LogConfig:
 @dataclass
 class ValConfig:
     bins: list[str] = field(default_factory=list)
-    every: int = 0               # steps; 0: only at the end when bins are given
+    every: int = 0  # steps; 0: only at the end when bins are given
     batch_size: int = 64
     flip: bool = True
 
@@ -148,7 +148,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     val: ValConfig = field(default_factory=ValConfig)
-    sections: dict[str, Any] = field(default_factory=dict)   # task sections (not a YAML key)
+    sections: dict[str, Any] = field(default_factory=dict)  # task sections (not a YAML key)
 
 
 _CHOICES = {

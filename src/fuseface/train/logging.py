@@ -23,8 +23,9 @@ def format_eta(seconds: float) -> str:
 class TrainLogger:
     """Progress bar + log line + JSONL + optional TensorBoard (all no-ops on ranks > 0)."""
 
-    def __init__(self, out_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool,
-                 tensorboard: bool) -> None:
+    def __init__(
+        self, out_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool, tensorboard: bool
+    ) -> None:
         self.enabled = enabled
         self.total = total_steps
         self.bar = None
@@ -39,8 +40,9 @@ class TrainLogger:
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
+            )
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -100,8 +100,15 @@ def ensure_synthetic(cfg: Any) -> Path:
 
         s = cfg.data.synthetic
         tmp = folder.with_name(folder.name + f".tmp{np.random.default_rng().integers(1 << 30)}")
-        generate_recordio(tmp, s.num_identities, s.images_per_identity, seed=s.seed, nuisance=s.nuisance,
-                          progress=cfg.log.progress, image_size=cfg.data.image_size)
+        generate_recordio(
+            tmp,
+            s.num_identities,
+            s.images_per_identity,
+            seed=s.seed,
+            nuisance=s.nuisance,
+            progress=cfg.log.progress,
+            image_size=cfg.data.image_size,
+        )
         try:
             tmp.replace(folder)
         except OSError:  # another run finished first
@@ -129,15 +136,18 @@ class RecognitionTask(BaseTask):
         if data.kind in ("recordio", "synthetic"):
             from fuseface.data.recordio import RecordIODataset
 
-            base = RecordIODataset(root, transform=_KeepImage(), skip_corrupt=data.skip_corrupt,
-                                   channel_order=data.channel_order)
+            base = RecordIODataset(
+                root, transform=_KeepImage(), skip_corrupt=data.skip_corrupt, channel_order=data.channel_order
+            )
         else:
             from fuseface.data.folder import ImageFolderDataset
 
-            base = ImageFolderDataset(root, transform=_KeepImage(), channel_order=data.channel_order,
-                                      skip_corrupt=data.skip_corrupt)
-        transform = build_train_transform(flip=data.flip, adaface_aug=data.adaface_aug,
-                                          occlusion_p=data.occlusion_p, channel_order=data.channel_order)
+            base = ImageFolderDataset(
+                root, transform=_KeepImage(), channel_order=data.channel_order, skip_corrupt=data.skip_corrupt
+            )
+        transform = build_train_transform(
+            flip=data.flip, adaface_aug=data.adaface_aug, occlusion_p=data.occlusion_p, channel_order=data.channel_order
+        )
         self.dataset = TrainImages(base, transform, cfg.train.seed, data.image_size)
         self.num_classes = data.num_classes or self.dataset.num_classes
         if self.num_classes <= int(self.dataset.labels.max(initial=0)):
@@ -164,19 +174,38 @@ class RecognitionTask(BaseTask):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model.kwargs for {cfg.model.name}: {exc}") from None
         lc = cfg.loss
-        margin = build_margin_loss(lc.name, s=lc.s, m1=lc.m1, m2=lc.m2, m3=lc.m3, m=lc.m, h=lc.h,
-                                   t_alpha=lc.t_alpha, no_grad_margin=lc.no_grad_margin)
+        margin = build_margin_loss(
+            lc.name,
+            s=lc.s,
+            m1=lc.m1,
+            m2=lc.m2,
+            m3=lc.m3,
+            m=lc.m,
+            h=lc.h,
+            t_alpha=lc.t_alpha,
+            no_grad_margin=lc.no_grad_margin,
+        )
         emb_size = int(cfg.model.kwargs.get("num_features", 512))
-        head = PartialFC(margin, emb_size, self.num_classes, sample_rate=lc.sample_rate, init_std=lc.fc_init_std,
-                         init_seed=cfg.train.seed, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        head = PartialFC(
+            margin,
+            emb_size,
+            self.num_classes,
+            sample_rate=lc.sample_rate,
+            init_std=lc.fc_init_std,
+            init_seed=cfg.train.seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
         return {"backbone": backbone, "head": head}
 
     def param_groups(self, modules: Mapping[str, nn.Module]) -> list[dict[str, Any]]:
         def trainable(m: nn.Module) -> list[nn.Parameter]:
             return [p for p in m.parameters() if p.requires_grad]
 
-        return [{"params": trainable(modules["backbone"]), "name": "backbone"},
-                {"params": trainable(modules["head"]), "name": "head"}]
+        return [
+            {"params": trainable(modules["backbone"]), "name": "backbone"},
+            {"params": trainable(modules["head"]), "name": "head"},
+        ]
 
     def sharded_params(self, modules: Mapping[str, nn.Module]) -> dict[nn.Parameter, ShardSpec]:
         head = modules["head"]
@@ -210,7 +239,11 @@ class RecognitionTask(BaseTask):
         from fuseface.infer.model_file import ModelMeta, save_model
 
         cfg = self.ctx.cfg
-        meta = ModelMeta(arch=cfg.model.name, arch_kwargs=dict(cfg.model.kwargs), channel_order=cfg.data.channel_order,
-                         input_size=cfg.data.image_size,
-                         extra={"trained_by": "fuseface train", "loss": cfg.loss.name, "num_classes": self.num_classes})
+        meta = ModelMeta(
+            arch=cfg.model.name,
+            arch_kwargs=dict(cfg.model.kwargs),
+            channel_order=cfg.data.channel_order,
+            input_size=cfg.data.image_size,
+            extra={"trained_by": "fuseface train", "loss": cfg.loss.name, "num_classes": self.num_classes},
+        )
         return save_model(path, modules["backbone"], meta)

@@ -77,8 +77,13 @@ class GlobalOrderSampler(torch.utils.data.Sampler[list[int]]):
             self.consumed = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "global_batch": self.global_batch,
-                "num_samples": self.num_samples}
+        return {
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "seed": self.seed,
+            "global_batch": self.global_batch,
+            "num_samples": self.num_samples,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if int(state["num_samples"]) != self.num_samples:

@@ -51,10 +51,10 @@ __all__ = ["CAFaceConfig", "CAFaceSetObjective", "CAFaceTask", "SetDataset", "cl
 class CAFaceConfig:
     """The ``caface:`` section of a training YAML."""
 
-    store: str = ""                        # feature store directory (required)
-    set_size: int = 32                     # images per item: two halves of set_size / 2
-    max_sources: int = 3                   # source images per half: 1..max_sources
-    prefix_step: int = 2                   # prefixes 2, 4, ..., half (memory off)
+    store: str = ""  # feature store directory (required)
+    set_size: int = 32  # images per item: two halves of set_size / 2
+    max_sources: int = 3  # source images per half: 1..max_sources
+    prefix_step: int = 2  # prefixes 2, 4, ..., half (memory off)
     num_clusters: int = 4
     depth: int = 2
     num_heads: int = 8
@@ -63,7 +63,7 @@ class CAFaceConfig:
     center_loss_weight: float = 1.0
     memory_loss_weight: float = 1.0
     memory_loss_batch_scaling: bool = True  # quirk Q2: divide the memory loss by the per-process batch
-    init_from: str = ""                    # optional fusion weights file to start from
+    init_from: str = ""  # optional fusion weights file to start from
     seed: int = 42
 
 
@@ -81,8 +81,13 @@ class SetDataset(torch.utils.data.Dataset):
     """Video-like training sets from a feature store (see the module docstring)."""
 
     def __init__(
-        self, features: np.ndarray, styles: np.ndarray, labels: np.ndarray, set_size: int = 32,
-        max_sources: int = 3, seed: int = 42,
+        self,
+        features: np.ndarray,
+        styles: np.ndarray,
+        labels: np.ndarray,
+        set_size: int = 32,
+        max_sources: int = 3,
+        seed: int = 42,
     ) -> None:
         if set_size < 4 or set_size % 2:
             raise ConfigError(f"caface.set_size must be an even number >= 4, got {set_size}")
@@ -126,9 +131,7 @@ class CAFaceSetObjective(nn.Module):
         self.caface = caface
         self.prefix_step = prefix_step
 
-    def forward(
-        self, f1: torch.Tensor, s1: torch.Tensor, f2: torch.Tensor, s2: torch.Tensor
-    ) -> dict[str, Any]:
+    def forward(self, f1: torch.Tensor, s1: torch.Tensor, f2: torch.Tensor, s2: torch.Tensor) -> dict[str, Any]:
         agg = self.caface
         t1, t2 = agg.style_input(s1), agg.style_input(s2)  # SIM per half, as the official feature_extract
         half = f1.shape[1]
@@ -170,23 +173,30 @@ class CAFaceTask(BaseTask):
         features, styles, labels = store.load()
         bad = ~(np.isfinite(features).all(axis=(1, 2)) & np.isfinite(styles).all(axis=(1, 2, 3)))
         if bad.any():
-            raise DataError(f"{self.cc.store}: {int(bad.sum())} of {len(bad)} images have non-finite features "
-                            "or styles; re-extract them (e.g. with --dtype float32)")
+            raise DataError(
+                f"{self.cc.store}: {int(bad.sum())} of {len(bad)} images have non-finite features "
+                "or styles; re-extract them (e.g. with --dtype float32)"
+            )
         self.centres = torch.from_numpy(class_centres(features, labels))
         self.style_channels = styles.shape[2]
         self.feature_dim = features.shape[2]
         if max(np.abs(features).max(), np.abs(styles).max()) < 6e4:  # halve the memory when float16 holds it
             features, styles = features.astype(np.float16), styles.astype(np.float16)
-        self.dataset = SetDataset(features, styles, labels,
-                                  self.cc.set_size, self.cc.max_sources, self.cc.seed)
+        self.dataset = SetDataset(features, styles, labels, self.cc.set_size, self.cc.max_sources, self.cc.seed)
 
     def build_modules(self) -> dict[str, nn.Module]:
         cc = self.cc
         # confidence_dim > 1 means per-channel weights: as many as the backbone has channels (512 released)
         confidence = 1 if cc.confidence_dim == 1 else self.feature_dim
-        caface = CAFace(num_clusters=cc.num_clusters, depth=cc.depth, num_heads=cc.num_heads,
-                        confidence_dim=confidence, style_channels=self.style_channels,
-                        feature_dim=self.feature_dim, exact_mass_normalisation=cc.exact_mass_normalisation)
+        caface = CAFace(
+            num_clusters=cc.num_clusters,
+            depth=cc.depth,
+            num_heads=cc.num_heads,
+            confidence_dim=confidence,
+            style_channels=self.style_channels,
+            feature_dim=self.feature_dim,
+            exact_mass_normalisation=cc.exact_mass_normalisation,
+        )
         if cc.init_from:
             from fuseface.nn.fusion import load_fusion
 
@@ -221,13 +231,17 @@ class CAFaceTask(BaseTask):
         loss = self.cc.center_loss_weight * center_loss + self.cc.memory_loss_weight * memory_loss
         with torch.no_grad():
             cos_all = F.cosine_similarity(out["single_aggregated"], centre, dim=-1).mean()
-        return loss, {"center_loss": float(center_loss.detach()), "memory_loss": float(memory_loss.detach()),
-                      "cos_full_set": float(cos_all)}
+        return loss, {
+            "center_loss": float(center_loss.detach()),
+            "memory_loss": float(memory_loss.detach()),
+            "cos_full_set": float(cos_all),
+        }
 
     def export(self, modules: Mapping[str, nn.Module], path: Path) -> Path:
         from fuseface.nn.fusion import save_fusion
 
         objective = modules["sets"]
         objective = getattr(objective, "module", objective)
-        return save_fusion(path, objective.caface, "caface",
-                           extra={"task": "caface", "store": self.cc.store, "config": vars(self.cc)})
+        return save_fusion(
+            path, objective.caface, "caface", extra={"task": "caface", "store": self.cc.store, "config": vars(self.cc)}
+        )

@@ -129,8 +129,9 @@ class Trainer:
             per_rank = tc.global_batch_size // div
         self.micro_batch = per_rank
         try:
-            self.sampler = GlobalOrderSampler(len(self.dataset), per_rank, env.rank, env.world_size, tc.grad_accum,
-                                              seed=tc.seed)
+            self.sampler = GlobalOrderSampler(
+                len(self.dataset), per_rank, env.rank, env.world_size, tc.grad_accum, seed=tc.seed
+            )
         except ValueError as exc:
             raise ConfigError(f"train.batch_size: {exc}") from None
         self.global_batch = self.sampler.global_batch
@@ -142,11 +143,19 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim, self.task.param_groups(self.modules), list(self.modules.values()))
         sc = cfg.schedule
         warmup = round(sc.warmup_epochs * spe) + sc.warmup_steps
-        factor = lr_factor_fn(sc.name, self.total_steps, warmup, sc.power, [round(m * spe) for m in sc.milestones],
-                              sc.gamma, sc.min_lr / cfg.optim.lr if cfg.optim.lr > 0 else 0.0)
+        factor = lr_factor_fn(
+            sc.name,
+            self.total_steps,
+            warmup,
+            sc.power,
+            [round(m * spe) for m in sc.milestones],
+            sc.gamma,
+            sc.min_lr / cfg.optim.lr if cfg.optim.lr > 0 else 0.0,
+        )
         self.scheduler = build_scheduler(self.optimizer, factor)
-        self.scaler = torch.amp.GradScaler("cuda", growth_interval=100,
-                                           enabled=tc.amp == "fp16" and env.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(
+            "cuda", growth_interval=100, enabled=tc.amp == "fp16" and env.device.type == "cuda"
+        )
         self.step = 0
         self.history: list[dict[str, Any]] = []
 
@@ -243,16 +252,29 @@ class Trainer:
             self.load_checkpoint(resume_path)
         if env.is_main:
             save_config(cfg, self.out_dir / "config.yaml")
-        logger = TrainLogger(self.out_dir, self.total_steps, self.step, env.is_main, cfg.log.progress,
-                             cfg.log.tensorboard)
+        logger = TrainLogger(
+            self.out_dir, self.total_steps, self.step, env.is_main, cfg.log.progress, cfg.log.tensorboard
+        )
         if env.is_main:
-            logger.write({"step": self.step, "event": "start", "world_size": env.world_size,
-                          "global_batch": self.global_batch, "total_steps": self.total_steps,
-                          "resumed_from": str(resume_path) if resume_path else None})
+            logger.write(
+                {
+                    "step": self.step,
+                    "event": "start",
+                    "world_size": env.world_size,
+                    "global_batch": self.global_batch,
+                    "total_steps": self.total_steps,
+                    "resumed_from": str(resume_path) if resume_path else None,
+                }
+            )
         pause_at = int(os.environ.get(PAUSE_ENV, "0") or 0)
         accum = cfg.train.grad_accum
-        replicated_params = [p for n in self.task.replicated if n in self.modules
-                             for p in self.modules[n].parameters() if p.requires_grad]
+        replicated_params = [
+            p
+            for n in self.task.replicated
+            if n in self.modules
+            for p in self.modules[n].parameters()
+            if p.requires_grad
+        ]
         last_ckpt: Path | None = resume_path
         batches = self._batches() if self.step < self.total_steps else iter(())
         try:
@@ -290,8 +312,13 @@ class Trainer:
 
                 mean_loss = torch.tensor([loss_sum], dtype=torch.float64, device=env.device)
                 D.all_reduce(mean_loss)
-                record = {"step": self.step, "epoch": self.sampler.epoch, "loss": float(mean_loss) / env.world_size,
-                          "lr": lr, **metrics_sum}
+                record = {
+                    "step": self.step,
+                    "epoch": self.sampler.epoch,
+                    "loss": float(mean_loss) / env.world_size,
+                    "lr": lr,
+                    **metrics_sum,
+                }
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 self.history.append(record)
@@ -299,8 +326,11 @@ class Trainer:
                 if self.step % max(1, cfg.log.every) == 0 or self.step == self.total_steps:
                     ips, eta = logger.rate(self.step, self.global_batch)
                     record["images_per_s"] = ips
-                    logger.write(record, f"step {self.step}/{self.total_steps} ep {record['epoch']} "
-                                         f"loss {record['loss']:.4f} lr {lr:.5f} {ips:.1f} img/s ETA {format_eta(eta)}")
+                    logger.write(
+                        record,
+                        f"step {self.step}/{self.total_steps} ep {record['epoch']} "
+                        f"loss {record['loss']:.4f} lr {lr:.5f} {ips:.1f} img/s ETA {format_eta(eta)}",
+                    )
                 every = cfg.checkpoint.every
                 if (every > 0 and self.step % every == 0) or self.step == self.total_steps:
                     last_ckpt = self.save_checkpoint()

@@ -18,8 +18,15 @@ from torch import nn
 
 
 @torch.no_grad()
-def embed_images(backbone: nn.Module, images: np.ndarray, channel_order: str, image_size: int,
-                 device: torch.device, batch_size: int = 64, flip: bool = True) -> np.ndarray:
+def embed_images(
+    backbone: nn.Module,
+    images: np.ndarray,
+    channel_order: str,
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 64,
+    flip: bool = True,
+) -> np.ndarray:
     """Embeddings (N, D) of uint8 RGB images (N, H, W, 3); with ``flip`` the flipped image's are added."""
     import torch.nn.functional as F
 
@@ -32,8 +39,9 @@ def embed_images(backbone: nn.Module, images: np.ndarray, channel_order: str, im
         for start in range(0, len(images), batch_size):
             x = to_input_tensor(images[start : start + batch_size], channel_order).to(device)
             if x.shape[-1] != image_size or x.shape[-2] != image_size:
-                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                                  antialias=True)
+                x = F.interpolate(
+                    x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+                )
             emb = backbone(x).float()
             if flip:
                 emb = emb + backbone(torch.flip(x, dims=[3])).float()
@@ -52,8 +60,9 @@ def validate_bins(backbone: nn.Module, cfg: Any, device: torch.device) -> dict[s
     for path in cfg.val.bins:
         name = Path(path).stem
         images, issame = load_bin(path)
-        emb = embed_images(backbone, images, cfg.data.channel_order, cfg.data.image_size, device,
-                           cfg.val.batch_size, cfg.val.flip)
+        emb = embed_images(
+            backbone, images, cfg.data.channel_order, cfg.data.image_size, device, cfg.val.batch_size, cfg.val.flip
+        )
         metrics = evaluate(emb[0::2], emb[1::2], np.asarray(issame, dtype=bool))
         results[f"val/{name}/accuracy"] = float(metrics["accuracy_mean"])
         results[f"val/{name}/accuracy_std"] = float(metrics["accuracy_std"])

@@ -60,9 +60,7 @@ class AdaFaceIR(nn.Module):
         super().__init__()
         self.num_features = num_features
         self.input_size = 112
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, 64, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64)
-        )
+        self.input_layer = nn.Sequential(nn.Conv2d(3, 64, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
         units: list[nn.Module] = []
         self.stage_ends: list[int] = []
         in_channel = 64

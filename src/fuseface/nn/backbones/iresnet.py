@@ -230,9 +230,7 @@ class IResNet(nn.Module):
         x = self.fc(x.float() if use_amp else x)
         return self.features(x)
 
-    def forward(
-        self, x: torch.Tensor, return_stages: bool = False, return_aux: bool = False
-    ) -> Any:
+    def forward(self, x: torch.Tensor, return_stages: bool = False, return_aux: bool = False) -> Any:
         """Embed a batch of (B, 3, H, W) normalised images.
 
         Returns the (B, num_features) un-normalised embedding; with ``return_stages`` also the

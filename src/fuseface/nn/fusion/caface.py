@@ -201,7 +201,12 @@ class ClusteringLayer(nn.Module):
     """Cluster network (CN): information propagation over [tokens; centres], then the assignment."""
 
     def __init__(
-        self, dim: int, depth: int, num_heads: int, num_clusters: int, drop_path: Sequence[float],
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        num_clusters: int,
+        drop_path: Sequence[float],
         combined_propagation: bool = True,
     ) -> None:
         super().__init__()
@@ -249,8 +254,15 @@ class ClusterAggregate(nn.Module):
     """CN (``clustering_layer``) and AGN (``conf_mlp``) as in the official ``fusion_net``."""
 
     def __init__(
-        self, embed_dim: int, depth: int, num_heads: int, num_clusters: int, confidence_dim: int,
-        drop_path_rate: float, combined_propagation: bool, shared_mixer_norm: bool,
+        self,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        num_clusters: int,
+        confidence_dim: int,
+        drop_path_rate: float,
+        combined_propagation: bool,
+        shared_mixer_norm: bool,
     ) -> None:
         super().__init__()
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
@@ -376,11 +388,19 @@ class CAFace(nn.Module):
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {
-            "num_clusters": num_clusters, "depth": depth, "num_heads": num_heads,
-            "confidence_dim": confidence_dim, "style_channels": style_channels, "style_dim": style_dim,
-            "norm_dim": norm_dim, "feature_dim": feature_dim, "drop_path_rate": drop_path_rate,
-            "combined_propagation": combined_propagation, "exact_mass_normalisation": exact_mass_normalisation,
-            "shared_mixer_norm": shared_mixer_norm, "cfc_init_zero": cfc_init_zero,
+            "num_clusters": num_clusters,
+            "depth": depth,
+            "num_heads": num_heads,
+            "confidence_dim": confidence_dim,
+            "style_channels": style_channels,
+            "style_dim": style_dim,
+            "norm_dim": norm_dim,
+            "feature_dim": feature_dim,
+            "drop_path_rate": drop_path_rate,
+            "combined_propagation": combined_propagation,
+            "exact_mass_normalisation": exact_mass_normalisation,
+            "shared_mixer_norm": shared_mixer_norm,
+            "cfc_init_zero": cfc_init_zero,
         }
         if confidence_dim not in (1, feature_dim):
             raise ValueError(f"confidence_dim must be 1 or feature_dim={feature_dim}, got {confidence_dim}")
@@ -391,8 +411,14 @@ class CAFace(nn.Module):
         embed_dim = style_dim + norm_dim
         self.style_maker = StyleInputMaker(style_channels, style_dim, cfc_init_zero=cfc_init_zero)
         self.fusion_net = ClusterAggregate(
-            embed_dim, depth, num_heads, num_clusters, confidence_dim, drop_path_rate,
-            combined_propagation, shared_mixer_norm,
+            embed_dim,
+            depth,
+            num_heads,
+            num_clusters,
+            confidence_dim,
+            drop_path_rate,
+            combined_propagation,
+            shared_mixer_norm,
         )
         self.norm_emb = SinusoidalNormEmbedding(norm_dim)
         self.input_maker = nn.Identity()
@@ -437,7 +463,12 @@ class CAFace(nn.Module):
 
     @torch.inference_mode()
     def fuse(
-        self, features: Any, styles: Any, chunk_size: int | None = None, *, return_dropped: bool = False,
+        self,
+        features: Any,
+        styles: Any,
+        chunk_size: int | None = None,
+        *,
+        return_dropped: bool = False,
         chunks_per_batch: int = 16,
     ) -> np.ndarray | tuple[np.ndarray, int]:
         """L2-normalised template (D,) of one probe, exactly as the official IJB evaluation computes it.
@@ -479,11 +510,11 @@ class CAFace(nn.Module):
             by_length.setdefault(len(idx), []).append(i)
         for order in by_length.values():
             for start in range(0, len(order), max(1, chunks_per_batch)):
-                group = order[start:start + max(1, chunks_per_batch)]
+                group = order[start : start + max(1, chunks_per_batch)]
                 index = torch.from_numpy(np.stack([chunks[i] for i in group]))
                 _, mass, mu, sigma = self.cluster(feats[index], self.style_input(stys[index]))
                 for j, i in enumerate(group):
-                    results[i] = (mass[j:j + 1], mu[j:j + 1], sigma[j:j + 1])
+                    results[i] = (mass[j : j + 1], mu[j : j + 1], sigma[j : j + 1])
         return results
 
     def start(self) -> None:

@@ -79,8 +79,14 @@ class _PoolingFusion(nn.Module):
         raise NotImplementedError
 
     def fuse(
-        self, features: Any, styles: Any = None, scores: Any = None, chunk_size: int | None = None,
-        *, media: Any = None, return_dropped: bool = False,
+        self,
+        features: Any,
+        styles: Any = None,
+        scores: Any = None,
+        chunk_size: int | None = None,
+        *,
+        media: Any = None,
+        return_dropped: bool = False,
     ) -> Any:
         """L2-normalised template (D,) of one probe (``styles`` and ``chunk_size`` are ignored)."""
         feats, (sc, md), dropped = clean_rows(features, scores, media)
@@ -157,8 +163,13 @@ class SelfAttentionFusion(nn.Module):
 
     @torch.inference_mode()
     def fuse(
-        self, features: Any, styles: Any = None, scores: Any = None, chunk_size: int | None = None,
-        *, return_dropped: bool = False,
+        self,
+        features: Any,
+        styles: Any = None,
+        scores: Any = None,
+        chunk_size: int | None = None,
+        *,
+        return_dropped: bool = False,
     ) -> Any:
         """L2-normalised template (D,), attending over all N images at once (O(N²) memory)."""
         feats, _, dropped = clean_rows(features)

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from fuseface.data.images import SkipTracker, check_channel_order, looks_like_image, read_image
-from fuseface.data.transforms import apply_transform
+from fuseface.data.tolerant import SkipCorruptMixin
 from fuseface.errors import DataError
 
 
@@ -49,7 +48,7 @@ def scan_image_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[tup
     return classes, samples
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(SkipCorruptMixin, Dataset):
     """``dataset[i] -> (float tensor (3, H, W), int label)`` over ``root/<identity>/<images>``.
 
     Same item contract as :class:`~fuseface.data.recordio.RecordIODataset`: decoded with cv2 in
@@ -77,6 +76,7 @@ class ImageFolderDataset(Dataset):
         self.num_classes = len(self.classes)
         self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
         self.skipped = SkipTracker(len(self.samples), str(self.root))
+        self.source = str(self.root)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -85,25 +85,6 @@ class ImageFolderDataset(Dataset):
         """Decoded uint8 image (in ``channel_order``) and label of sample ``index``, no transform."""
         path, label = self.samples[index]
         return read_image(path, self.channel_order), label
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        index = int(index)
-        if not self.skip_corrupt:
-            image, label = self.load(index)
-            return apply_transform(self.transform, image, index), label
-        for attempt in range(min(len(self), 64)):
-            j = (index + attempt) % len(self)
-            try:
-                image, label = self.load(j)
-            except DataError as exc:
-                self.skipped.mark(j, str(exc))
-                continue
-            return apply_transform(self.transform, image, index), label
-        raise DataError(f"{self.root}: 64 consecutive unreadable images from sample {index}")
-
-    def report_skipped(self, reset: bool = True) -> int:
-        """Warn once with the number of unreadable images replaced since the last call; return it."""
-        return self.skipped.report(reset)
 
     def verify(self) -> list[tuple[Path, str]]:
         """Decode every image; return ``[(path, reason)]`` for those that fail (truncated JPEGs included)."""

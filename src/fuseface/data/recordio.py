@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from fuseface.data.images import SkipTracker, check_channel_order, decode_image, encode_jpeg
-from fuseface.data.transforms import apply_transform
+from fuseface.data.tolerant import SkipCorruptMixin
 from fuseface.errors import DataError
 
 MAGIC = 0xCED7230A
@@ -592,7 +591,7 @@ class RecordIOWriter:
 # --------------------------------------------------------------------------------------------
 
 
-class RecordIODataset(Dataset):
+class RecordIODataset(SkipCorruptMixin, Dataset):
     """Images and class labels from an insightface-style RecordIO folder.
 
     ``dataset[i] -> (float tensor (3, H, W), int label)``: the image is decoded with cv2 in
@@ -626,6 +625,7 @@ class RecordIODataset(Dataset):
         self.num_classes = prop[0] if prop else (int(self.labels.max()) + 1 if len(self.labels) else 0)
         self.num_unreadable_labels = int((self.labels < 0).sum())
         self.skipped = SkipTracker(len(self.keys), str(self.reader.rec_path))
+        self.source = str(self.reader.rec_path)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -636,25 +636,6 @@ class RecordIODataset(Dataset):
         header, payload = self.reader.read(key)
         image = decode_image(payload, self.channel_order, source=f"{self.reader.rec_path} record {key}")
         return image, class_label(header)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        index = int(index)
-        if not self.skip_corrupt:
-            image, label = self.load(index)
-            return apply_transform(self.transform, image, index), label
-        for attempt in range(min(len(self), 64)):
-            j = (index + attempt) % len(self)
-            try:
-                image, label = self.load(j)
-            except DataError as exc:
-                self.skipped.mark(j, str(exc))
-                continue
-            return apply_transform(self.transform, image, index), label
-        raise DataError(f"{self.reader.rec_path}: 64 consecutive corrupt records from sample {index}")
-
-    def report_skipped(self, reset: bool = True) -> int:
-        """Warn once with the number of corrupt samples replaced since the last call; return it."""
-        return self.skipped.report(reset)
 
 
 @dataclass

@@ -122,6 +122,26 @@ def _normalize(x: Any) -> Any:
     return l2_normalize(x)
 
 
+def _unit_features_of_images(
+    paths: Sequence[Any],
+    model: Path | None,
+    features: Path | None,
+    flip_features: Path | None,
+    batch_size: int,
+    flip: bool,
+) -> tuple[Any, Any]:
+    """Unit features of ``paths`` (images read from disk and embedded, or rows of ``features``),
+    flip-summed first when mirrored features exist; returns them and the flip features (or None)."""
+    from fuseface.data.images import read_image
+    from fuseface.eval.verification import flip_sum
+
+    if model is not None:
+        f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]], batch_size, flip)
+    else:
+        f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+    return _normalize(flip_sum(f, ff) if (flip and ff is not None) else f), ff
+
+
 # ----------------------------------------------------------------------------- commands
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add the eval commands to ``groups['eval']`` and ``report`` to the root app."""
@@ -329,19 +349,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         plot: bool = typer.Option(False, "--plot", help="Save the CMC curve as PNG."),
     ) -> None:
         """TinyFace closed-set identification (rank 1/5/20, distractors in the gallery)."""
-        from fuseface.data.images import read_image
         from fuseface.data.tinyface import load_tinyface
         from fuseface.eval.identification import cmc, mate_ranks
-        from fuseface.eval.verification import flip_sum
 
         _need_one(model, features)
         proto = load_tinyface(root, images_dir)
-        paths = proto.image_paths
-        if model is not None:
-            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]], batch_size, flip)
-        else:
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
-        emb = _normalize(flip_sum(f, ff) if (flip and ff is not None) else f)
+        emb, ff = _unit_features_of_images(proto.image_paths, model, features, flip_features, batch_size, flip)
         probe, gallery = proto.split(emb)
         m = {
             "cmc": cmc(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20)),
@@ -368,19 +381,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         plot: bool = typer.Option(False, "--plot", help="Save the CMC curves as PNG."),
     ) -> None:
         """SCface: mugshot gallery vs surveillance probes, rank-1/5 per distance (our documented split)."""
-        from fuseface.data.images import read_image
         from fuseface.data.scface import load_scface
         from fuseface.eval.identification import cmc, mate_ranks
-        from fuseface.eval.verification import flip_sum
 
         _need_one(model, features)
         proto = load_scface(root, split)
-        paths = proto.image_paths
-        if model is not None:
-            f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]], batch_size, flip)
-        else:
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
-        emb = _normalize(flip_sum(f, ff) if (flip and ff is not None) else f)
+        emb, ff = _unit_features_of_images(proto.image_paths, model, features, flip_features, batch_size, flip)
         gallery, probes = proto.split_features(emb)
         per, curves = {}, {}
         for d, feats in probes.items():

@@ -153,3 +153,41 @@ def test_cli_errors_are_clear(ijb, tmp_path: Path) -> None:
     np.save(tmp_path / "short.npy", np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="one row per image"):
         _run("eval", "ijb", "--root", ijb.root, "--features", tmp_path / "short.npy")
+
+
+def test_ijb_fusion_caface_chunked_records_its_switches(tmp_path: Path) -> None:
+    # `fuseface eval ijb --fusion caface --chunk-size N` (issue 6): every image of a template,
+    # chunked with the memory; the template equals CAFace.fuse on that template's rows.
+    import torch
+
+    from fuseface.eval.templates import fuse_templates
+    from fuseface.nn.fusion import save_fusion
+    from fuseface.nn.fusion.caface import CAFace
+
+    ijb = write_ijb(tmp_path / "ijb512", "IJBC", n_subjects=6, dim=512)
+    np.save(ijb.root / "f.npy", ijb.features)
+    torch.manual_seed(0)
+    module = CAFace().eval()
+    weights = save_fusion(tmp_path / "caface.safetensors", module, "caface")
+    rng = np.random.default_rng(1)
+    styles = rng.normal(size=(len(ijb.features), 384, 2)).astype(np.float32)
+    styles[..., 1] = np.abs(styles[..., 1])
+    np.save(tmp_path / "styles.npy", styles)
+    aucs = {}
+    for chunk in ("4", None):
+        out = tmp_path / f"caface_{chunk}.json"
+        args = ["eval", "ijb", "--root", ijb.root, "--features", ijb.root / "f.npy", "--fusion", "caface"]
+        args += ["--fusion-model", weights, "--styles", tmp_path / "styles.npy", "--out", out]
+        _run(*args, *(["--chunk-size", chunk] if chunk else []))
+        doc = json.loads(out.read_text())
+        assert doc["switches"]["fusion"] == "caface"
+        assert doc["switches"]["chunk_size"] == (int(chunk) if chunk else "all")
+        aucs[chunk] = doc["metrics"]["auc"]
+        assert 0.0 <= aucs[chunk] <= 1.0
+    templates = np.asarray(ijb.templates)
+    fused = fuse_templates(ijb.features, templates, "caface", styles=styles, chunk_size=4, model=module)
+    first = np.unique(templates)[0]
+    rows = np.flatnonzero(templates == first)
+    expected = module.fuse(ijb.features[rows], styles[rows], chunk_size=4)
+    assert fused.ids[0] == first
+    np.testing.assert_allclose(fused.features[0], expected, atol=1e-5)

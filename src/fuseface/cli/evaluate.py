@@ -319,15 +319,18 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             "detector_score": detector_score,
             "template_features": tfeat,
         }
+        fusion_switches: dict[str, Any] = {"fusion": fusion}
+        if fusion == "caface":
+            fusion_switches["chunk_size"] = chunk_size if chunk_size else "all"
         if one_n:
             m = ijb.evaluate_1toN(proto, target, f, ff, legacy=legacy, **kw)
             ranks = m.pop("mated_ranks", None)
-            switches = {**m.pop("switches"), "fusion": fusion}
+            switches = {**m.pop("switches"), **fusion_switches}
             _finish(out, m.pop("protocol"), switches, m, plot, cmc_ranks={fusion: ranks} if ranks is not None else None)
         else:
             m = ijb.evaluate_1to1(proto, target, f, ff, **kw)
             roc = m.pop("roc")
-            switches = {**m.pop("switches"), "fusion": fusion}
+            switches = {**m.pop("switches"), **fusion_switches}
             _finish(out, m.pop("protocol"), switches, m, plot, roc={fusion: (roc["fpr"], roc["tpr"])})
 
     @ev.command("tinyface")

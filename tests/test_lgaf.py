@@ -182,7 +182,9 @@ def test_model_file_round_trip_rebuilds_the_head(tmp_path) -> None:
         tmp_path / "lgaf.safetensors",
         model,
         ModelMeta(
-            arch="ir18", arch_kwargs={"head": "lgaf", "head_kw": head_kw, "input_size": SIZE, "num_features": 64}
+            arch="ir18",
+            arch_kwargs={"head": "lgaf", "head_kw": head_kw, "input_size": SIZE, "num_features": 64},
+            input_size=SIZE,
         ),
     )
     loaded, meta = load_model(path)

@@ -99,3 +99,51 @@ def test_ijbs_protocols_and_cli(tmp_path: Path) -> None:
     (tmp_path / "cs6_metadata.csv").unlink()
     with pytest.raises(ProtocolFileError, match=r"cs6_metadata\.csv: protocol file not found"):
         load_ijbs(tmp_path, images, "surveillance_to_single")
+
+
+def test_tinyface_and_scface_with_an_lgaf_model_file(tmp_path: Path) -> None:
+    # Issue 7: the low-quality benchmarks run through `fuseface eval` with an LGAF model. The
+    # --model path (read, resize to the model's input, embed with flip) must give exactly the
+    # result of the --features path fed with the same model's embeddings.
+    import cv2
+    import torch
+
+    import fuseface
+    from fuseface.data.images import read_image
+    from fuseface.infer.model_file import ModelMeta, save_model
+
+    size = 32
+    kwargs = {"head": "lgaf", "head_kw": {"kernel_sizes": [3, 5]}, "input_size": size, "num_features": 64}
+    torch.manual_seed(0)
+    net = fuseface.create_backbone("ir_demo", **kwargs).eval()
+    model_path = save_model(
+        tmp_path / "lgaf.safetensors", net, ModelMeta(arch="ir_demo", arch_kwargs=kwargs, input_size=size)
+    )
+    model = fuseface.load(str(model_path))
+
+    def features_of(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        crops = np.stack([cv2.resize(read_image(p), (size, size), interpolation=cv2.INTER_AREA) for p in paths])
+        plain = model.embed_aligned(crops)[0]
+        mirrored = model.embed_aligned(np.ascontiguousarray(crops[:, :, ::-1]))[0]
+        return plain, mirrored
+
+    write_tinyface(tmp_path / "tf")
+    write_scface(tmp_path / "sc", n_subjects=4)
+    cases = (
+        ("tinyface", tmp_path / "tf", load_tinyface(tmp_path / "tf").image_paths),
+        ("scface", tmp_path / "sc", load_scface(tmp_path / "sc").image_paths),
+    )
+    for protocol, root, paths in cases:
+        plain, mirrored = features_of(list(paths))
+        np.save(root / "f.npy", plain)
+        np.save(root / "ff.npy", mirrored)
+        by_model, by_features = root / "model.json", root / "features.json"
+        _run("eval", protocol, "--root", root, "--model", model_path, "--out", by_model)
+        _run(
+            "eval", protocol, "--root", root, "--features", root / "f.npy", "--flip-features", root / "ff.npy",
+            "--out", by_features,
+        )  # fmt: skip
+        from_model = json.loads(by_model.read_text())
+        from_features = json.loads(by_features.read_text())
+        assert from_model["switches"]["flip"] is True
+        assert from_model["metrics"] == from_features["metrics"]

@@ -66,6 +66,12 @@ def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
+    built_for = getattr(model, "input_size", None)
+    if isinstance(built_for, int) and built_for != meta.input_size:
+        raise ValueError(
+            f"{path}: the model was built for {built_for}x{built_for} inputs but ModelMeta.input_size is "
+            f"{meta.input_size}; set ModelMeta(input_size={built_for})"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")

@@ -125,6 +125,22 @@ def run_case(
     }
 
 
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
+    """The machine's fp32 matrix-multiply rate (GFLOP/s) with ``threads`` torch threads: the
+    ceiling that convolution-heavy backbones approach on CPU, so figures from different machines
+    can be compared as a fraction of it."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def _module_available(name: str | None) -> tuple[bool, str]:
     if name is None:
         return True, ""
@@ -151,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:  # subprocess: one case, JSON on stdout
         spec = json.loads(args.worker)
-        print(json.dumps(run_case(**spec)))
+        if spec.get("mode") == "matmul":
+            print(json.dumps({"matmul_gflops": matmul_gflops(spec["threads"])}))
+        else:
+            print(json.dumps(run_case(**spec)))
         return 0
 
     batch = args.batch or (4 if args.quick else 32)
@@ -208,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     _print_table(rows, ratios)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps({"mode": "matmul", "threads": args.threads})],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    gflops = json.loads(proc.stdout.strip().splitlines()[-1])["matmul_gflops"] if proc.returncode == 0 else None
+    print(f"fp32 matmul 2048x2048 with {args.threads} threads: {gflops} GFLOP/s", flush=True)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {
         "script": "benchmarks/backbone_speed.py",
@@ -216,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": warmup,
         "repeats": repeats,
         "threads": args.threads,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": load},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_at_end": load,
+            "matmul_gflops": gflops,
+        },
         "rows": rows,
         "ratios": ratios,
     }

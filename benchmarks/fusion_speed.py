@@ -125,7 +125,7 @@ def _subprocess(method: str, n: int, threads: int, timeout: float) -> dict[str, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _plot(rows: list[dict[str, object]], path: Path) -> None:
+def _plot(rows: list[dict[str, object]], path: Path, load: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +146,7 @@ def _plot(rows: list[dict[str, object]], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend()
-    fig.suptitle("Set fusion on CPU (shared, loaded machine)")
+    fig.suptitle(f"Set fusion on CPU ({os.cpu_count()} cores, load average {load:.1f} at start)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -198,7 +198,7 @@ def main() -> None:
         "torch_note": "CPU, float32, inference_mode",
     }
     (RESULTS / "fusion_speed.json").write_text(json.dumps(payload, indent=1))
-    _plot(rows, RESULTS / "fusion_speed.png")
+    _plot(rows, RESULTS / "fusion_speed.png", load)
     print(f"wrote {RESULTS / 'fusion_speed.json'} and fusion_speed.png (load average {load:.1f} at start)")
 
 

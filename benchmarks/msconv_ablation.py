@@ -26,7 +26,7 @@ shared the 2 cores when the committed figures were measured).
 Run:  OMP_NUM_THREADS=2 python benchmarks/msconv_ablation.py  (about 15 min on 2 busy cores)
       python benchmarks/msconv_ablation.py --steps 300 --batch 32 --train-ids 100 --per-id 12   (longer)
       python benchmarks/msconv_ablation.py --steps 10 --variants plain,msconv   (quick check)
-Writes benchmarks/results/msconv_ablation.json and prints a markdown table (docs/bench_msconv.md).
+Writes benchmarks/results/msconv_ablation.json and prints a markdown table (docs/benchmarks.md, "MSConv ablation").
 """
 
 from __future__ import annotations

@@ -34,3 +34,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     assert len(train_dirs) == 1 and (train_dirs[0] / "train.rec").is_file()
     assert np.load(train_dirs[0] / "landmarks.npy").shape == (40 * 6, 5, 2)
     assert len(list(data.glob("pairs-*.npz"))) == 1
+    # the trained backbone is a model file that fuseface.load rebuilds (registry's ir_demo)
+    import fuseface
+
+    model = fuseface.load(str(out / "model.safetensors"))
+    assert results["model_file"] == str(out / "model.safetensors") and "Try the trained model" in report
+    crops = np.zeros((2, model.input_size, model.input_size, 3), np.uint8)
+    embeddings, norms = model.embed_aligned(crops)
+    assert embeddings.shape == (2, results["settings"]["num_features"]) and np.all(np.isfinite(norms))

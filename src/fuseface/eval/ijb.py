@@ -18,7 +18,7 @@ nearest FPR (:mod:`fuseface.eval.roc`).
 
 Scoring at IJB-C scale (15.66 M pairs) is done block-wise: the pairs are grouped by their first
 template (a radix sort of uint16/32 row indices), and for a block of first templates the dot
-products with all second templates used by the block are one float64 matrix product; when a
+products with all second templates are one float64 matrix product into a reused buffer; when a
 block's pairs fill less than 1/16 of that product, its pairs are scored one by one
 (``einsum``) instead. Memory is bounded by ``chunk_elems`` (default 8 M float64 = 64 MiB).
 The reference computes ``np.sum(f1 * f2, -1)``; a matrix product adds the same terms in another
@@ -53,11 +53,17 @@ def score_template_pairs(
     """Dot products ``template_feats[rows1[k]] . template_feats[rows2[k]]`` for every pair k.
 
     ``template_feats``: (T, D) float64 (L2-normalised: the scores are cosines).
-    Memory beyond the output is O(chunk_elems) float64 plus the pair index arrays.
+    Memory beyond the output is O(chunk_elems) float64 plus the pair index arrays and one
+    transposed copy of the second templates' features.
+
+    The product buffer and the transposed right-hand side are allocated once and reused by every
+    block: a fresh 64 MiB temporary per block means fresh pages every time (glibc maps allocations
+    that large directly), and on virtual machines first-touching pages costs more than the
+    arithmetic.
     """
     rows1 = np.asarray(rows1)
     rows2 = np.asarray(rows2)
-    n_t = template_feats.shape[0]
+    n_t, dim = template_feats.shape
     scores = np.empty(rows1.size, dtype=np.float64)
     if rows1.size == 0:
         return scores
@@ -67,35 +73,37 @@ def score_template_pairs(
     r2 = rows2[order]
     counts = np.bincount(r1, minlength=n_t)
     bounds = np.r_[0, np.cumsum(counts)]
-    colmap = np.empty(n_t, dtype=np.int64)
-    rowmap = np.empty(n_t, dtype=np.int64)
     mark = np.zeros(n_t, dtype=bool)
     mark[r2] = True
-    n_cols_all = int(mark.sum())
-    rows_per_block = max(1, chunk_elems // max(1, n_cols_all))
-    step = max(1, chunk_elems // max(1, template_feats.shape[1]))
+    cols = np.flatnonzero(mark)  # every second template, once
+    colmap = np.empty(n_t, dtype=np.int64)
+    colmap[cols] = np.arange(cols.size)
+    rowmap = np.empty(n_t, dtype=np.int64)
     t1_rows = np.flatnonzero(counts)
+    rows_per_block = max(1, chunk_elems // cols.size)
+    step = max(1, chunk_elems // max(1, dim))
+    right: np.ndarray | None = None  # (D, len(cols)), built for the first dense block
+    product: np.ndarray | None = None  # (rows_per_block, len(cols)), reused
     for i in range(0, t1_rows.size, rows_per_block):
-        t = t1_rows[i]
-        u = t1_rows[min(i + rows_per_block, t1_rows.size) - 1] + 1
-        a, b = bounds[t], bounds[u]
-        if b > a:
-            p1, p2 = r1[a:b], r2[a:b]
-            mark[:] = False
-            mark[p2] = True
-            cols = np.flatnonzero(mark)
-            mark[:] = False
-            mark[p1] = True
-            used = np.flatnonzero(mark)
-            if (b - a) * 16 >= used.size * cols.size:
-                colmap[cols] = np.arange(cols.size)
-                rowmap[used] = np.arange(used.size)
-                block = template_feats[used] @ template_feats[cols].T
-                scores[order[a:b]] = block[rowmap[p1], colmap[p2]]
-            else:
-                for c in range(a, b, step):
-                    e = min(b, c + step)
-                    scores[order[c:e]] = np.einsum("ij,ij->i", template_feats[r1[c:e]], template_feats[r2[c:e]])
+        used = t1_rows[i : i + rows_per_block]
+        a, b = bounds[used[0]], bounds[used[-1] + 1]
+        p1, p2 = r1[a:b], r2[a:b]
+        if (b - a) * 16 >= used.size * cols.size:
+            if right is None:
+                right = np.ascontiguousarray(template_feats[cols].T)
+                product = np.empty((min(rows_per_block, t1_rows.size), cols.size), dtype=np.float64)
+            assert product is not None
+            out = product[: used.size]
+            np.matmul(template_feats[used], right, out=out)
+            rowmap[used] = np.arange(used.size)
+            flat = rowmap[p1]
+            flat *= cols.size
+            flat += colmap[p2]
+            scores[order[a:b]] = out.reshape(-1)[flat]
+        else:
+            for c in range(a, b, step):
+                e = min(b, c + step)
+                scores[order[c:e]] = np.einsum("ij,ij->i", template_feats[r1[c:e]], template_feats[r2[c:e]])
     return scores
 
 

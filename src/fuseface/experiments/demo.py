@@ -521,6 +521,23 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.2f} %" if pct else f"{v:.4f}"
 
 
+def export_model_file(model: nn.Module, settings: DemoSettings, path: Path) -> Path | None:
+    """Save the trained demo backbone as a model file (``fuseface.load`` rebuilds it from the
+    registry's ``ir_demo``); ``None`` when custom settings build another depth."""
+    from fuseface.infer.model_file import ModelMeta, save_model
+
+    if tuple(settings.layers) != tuple(FULL.layers):
+        return None
+    kwargs, _ = backbone_kwargs(settings)
+    meta = ModelMeta(
+        arch=DEMO_ARCH,
+        arch_kwargs=kwargs,
+        input_size=settings.image_size,
+        extra={"trained_by": "fuseface demo", "data": "synthetic faces"},
+    )
+    return save_model(path, model, meta)
+
+
 def _write_report(out_dir: Path, results: dict[str, Any], set_fusion_md: str) -> Path:
     r = results
     lines = [
@@ -557,6 +574,23 @@ def _write_report(out_dir: Path, results: dict[str, Any], set_fusion_md: str) ->
     ]
     if r["notes"]:
         lines += ["Notes:", "", *[f"- {n}" for n in r["notes"]], ""]
+    if r.get("model_file"):
+        m = r["model_file"]
+        lines += [
+            "## Try the trained model",
+            "",
+            "```bash",
+            "fuseface models fetch mtcnn   # once: the face detector's weights (pip, no install)",
+            f"fuseface compare ../shared/data/lfw/lfw-deepfunneled/Aaron_Peirsol/Aaron_Peirsol_0001.jpg "
+            f"../shared/data/lfw/lfw-deepfunneled/Aaron_Peirsol/Aaron_Peirsol_0002.jpg -m {m}",
+            "fuseface models info ir_demo --conv msconv --stages 3,4",
+            f"fuseface export {m} --onnx {Path(m).with_suffix('.onnx')}",
+            "```",
+            "",
+            "The model learned synthetic faces at 48x48, so its verdicts on real photos mean little; the "
+            "commands show the path from a trained model file to answers.",
+            "",
+        ]
     lines += [
         "## Plots",
         "",
@@ -620,6 +654,7 @@ def run_demo(
 
     train_dir, pairs_path = prepare_data(settings, out / "data", progress)
     outcome = train_backbone(settings, train_dir, out, progress, engine=engine)
+    model_file = export_model_file(outcome.model, settings, out / "model.safetensors")
     images, issame = load_pairs(pairs_path)
     emb = embed(outcome.model, images, settings.eval_batch_size, progress)
     metrics, metric_source = evaluate_pairs(emb, issame)
@@ -672,6 +707,7 @@ def run_demo(
         "notes": outcome.notes,
         "settings": dataclasses.asdict(settings),
         "quick": quick,
+        "model_file": str(model_file) if model_file else None,
     }
     results["wall_seconds"] = time.perf_counter() - start
     report = _write_report(out, results, set_fusion_md)

@@ -22,7 +22,7 @@ Tested: fp32 outputs equal the unfused model within 1e-4 (``tests/test_optimize.
 **Reduced precision**: ``dtype=torch.bfloat16`` casts the weights (the input is cast by
 ``FaceModel``); :func:`quantize_dynamic_int8` quantises the Linear layers dynamically. Which one
 is faster depends on the CPU (bf16 needs AVX512-BF16/AMX to be fast); ``benchmarks`` and
-``docs/bench_inference.md`` report speed and cosine agreement with fp32.
+``docs/benchmarks.md`` report speed and cosine agreement with fp32.
 """
 
 from __future__ import annotations

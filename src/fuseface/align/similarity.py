@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+#: ArcFace 5-point template of the 112 x 112 aligned crop (insightface ``utils/face_align.py``
+#: ``arcface_dst``): left eye, right eye, nose tip, left mouth corner, right mouth corner (x, y).
 ARCFACE_TEMPLATE_112 = np.array(
     [
         [38.2946, 51.6963],

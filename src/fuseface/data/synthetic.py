@@ -45,17 +45,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fuseface.align.similarity import ARCFACE_TEMPLATE_112
+
 # insightface utils/face_align.py arcface_dst (112x112 aligned crop), image-left eye first.
-ARCFACE_TEMPLATE = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
+ARCFACE_TEMPLATE = ARCFACE_TEMPLATE_112
 TEMPLATE_SIZE = 112
 SUPERSAMPLE = 2  # the drawing canvas is 2 x image_size (antialiased), resized down at the end
 HELDOUT_FIRST_IDENTITY = 10_000

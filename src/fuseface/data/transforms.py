@@ -26,20 +26,11 @@ import cv2
 import numpy as np
 import torch
 
+from fuseface.align.similarity import ARCFACE_TEMPLATE_112 as _ARCFACE_TEMPLATE_112
 from fuseface.data.images import check_channel_order
 
-#: ArcFace 5-point template of the 112 x 112 aligned crop (insightface ``utils/face_align.py``
-#: ``arcface_dst``): left eye, right eye, nose tip, left mouth corner, right mouth corner (x, y).
-ARCFACE_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
+#: ArcFace 5-point template of the 112 x 112 aligned crop (defined once, in :mod:`fuseface.align.similarity`).
+ARCFACE_TEMPLATE_112 = _ARCFACE_TEMPLATE_112
 
 # The five interpolations AdaFace draws from for each of the two resizes of the low-res round trip.
 LOWRES_INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)

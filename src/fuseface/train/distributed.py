@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from fuseface.errors import ConfigError
+from fuseface.nn.losses import partial_fc
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,7 @@ def gather_sizes(n: int, device: torch.device) -> list[int]:
     """The first-dimension size each rank contributes (world size 1: ``[n]``)."""
     if world_size() == 1:
         return [n]
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
-    return [int(s.item()) for s in sizes]
+    return partial_fc.gather_sizes(n, device, world_size())
 
 
 def all_gather_variable(tensor: torch.Tensor, sizes: list[int] | None = None) -> list[torch.Tensor]:
@@ -117,12 +116,7 @@ def all_gather_variable(tensor: torch.Tensor, sizes: list[int] | None = None) ->
         return [tensor]
     if sizes is None:
         sizes = gather_sizes(tensor.shape[0], tensor.device)
-    top = max(sizes)
-    padded = tensor.new_zeros((top, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    out = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(out, padded.contiguous())
-    return [o[:s] for o, s in zip(out, sizes, strict=True)]
+    return partial_fc.all_gather_padded(tensor, sizes)
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

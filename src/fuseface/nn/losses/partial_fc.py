@@ -54,13 +54,15 @@ def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     return start, num_local
 
 
-def _gather_sizes(n: int, device: torch.device, world_size: int) -> list[int]:
+def gather_sizes(n: int, device: torch.device, world_size: int) -> list[int]:
+    """The first-dimension size each of the ``world_size`` ranks contributes (a collective)."""
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
     dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
     return [int(s.item()) for s in sizes]
 
 
-def _gather_padded(tensor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+def all_gather_padded(tensor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Every rank's rows, where rank r holds ``sizes[r]`` of them: padded to the largest, gathered, cut."""
     top = max(sizes)
     padded = tensor.new_zeros((top, *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
@@ -75,7 +77,7 @@ class AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
         ctx.sizes, ctx.rank = sizes, rank
-        return torch.cat(_gather_padded(tensor.detach(), sizes), dim=0)
+        return torch.cat(all_gather_padded(tensor.detach(), sizes), dim=0)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -176,11 +178,11 @@ class PartialFC(nn.Module):
         if getattr(self.margin_loss, "needs_norms", False) and norms is None:
             norms = embeddings.detach().float().norm(dim=1)
         if distributed:
-            sizes = _gather_sizes(embeddings.shape[0], embeddings.device, self.world_size)
+            sizes = gather_sizes(embeddings.shape[0], embeddings.device, self.world_size)
             embeddings = AllGatherWithGrad.apply(embeddings, sizes, self.rank)
-            labels = torch.cat(_gather_padded(labels, sizes))
+            labels = torch.cat(all_gather_padded(labels, sizes))
             if norms is not None:
-                norms = torch.cat(_gather_padded(norms.detach().float().reshape(-1), sizes))
+                norms = torch.cat(all_gather_padded(norms.detach().float().reshape(-1), sizes))
         local_labels = labels - self.class_start
         local_labels[(local_labels < 0) | (local_labels >= self.num_local)] = -1
 
@@ -250,5 +252,5 @@ def gather_shards(shard: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate the dim-0 shards of every rank in rank order (sizes may differ)."""
     if world_size == 1:
         return shard.clone()
-    sizes = _gather_sizes(shard.shape[0], shard.device, world_size)
-    return torch.cat(_gather_padded(shard.contiguous(), sizes), dim=0)
+    sizes = gather_sizes(shard.shape[0], shard.device, world_size)
+    return torch.cat(all_gather_padded(shard.contiguous(), sizes), dim=0)

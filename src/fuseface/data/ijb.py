@@ -20,6 +20,7 @@ and the line number.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,21 @@ def _lines(path: Path) -> list[str]:
         raise ProtocolFileError(f"{path}: not a UTF-8 text file ({exc})") from exc
 
 
+def _records(path: Path, form: str, count: int) -> Iterator[tuple[int, list[bytes]]]:
+    """``(line number, fields)`` of every non-blank line, each checked to have ``count`` fields."""
+    _require(path)
+    for i, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != count:
+            raise ProtocolFileError(f"{path}:{i}: expected '{form}' ({count} fields), got {len(parts)}")
+        yield i, parts
+
+
+LANDMARK_LINE = "name x1 y1 ... x5 y5 faceness"
+
+
 def _fast_table(path: Path, ncols: int, dtype: type) -> tuple[list[str], np.ndarray] | None:
     """``name v1 ... v_ncols`` lines parsed in bulk (regex + ``np.fromstring``); ``None`` when the
     bulk parse does not account for every line (the caller then reports the first bad line)."""
@@ -133,14 +149,8 @@ def read_landmark_file(path: str | Path) -> tuple[list[str], np.ndarray, np.ndar
         names, arr64 = fast
         arr = arr64.astype(np.float32)
         return names, arr[:, :10].reshape(-1, 5, 2), arr[:, 10].copy()
-    for i, line in enumerate(_lines(path), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 12:
-            raise ProtocolFileError(
-                f"{path}:{i}: expected 'name x1 y1 ... x5 y5 faceness' (12 fields), got {len(parts)}"
-            )
+    _lines(path)  # the bulk parse failed: first refuse a file that is not UTF-8 text, by name
+    for i, parts in _records(path, LANDMARK_LINE, 12):
         try:
             [float(v) for v in parts[1:]]
         except ValueError as exc:
@@ -152,17 +162,9 @@ def read_names_and_faceness(path: str | Path) -> tuple[list[str], np.ndarray]:
     """First and last column of the landmark file (names, faceness float32), without parsing the
     ten landmark coordinates; every line must have 12 fields."""
     path = Path(path)
-    _require(path)
     names: list[str] = []
     scores: list[bytes] = []
-    for i, line in enumerate(path.read_bytes().split(b"\n"), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 12:
-            raise ProtocolFileError(
-                f"{path}:{i}: expected 'name x1 y1 ... x5 y5 faceness' (12 fields), got {len(parts)}"
-            )
+    for _, parts in _records(path, LANDMARK_LINE, 12):
         names.append(parts[0].decode("utf-8", errors="replace"))
         scores.append(parts[11])
     try:
@@ -181,16 +183,10 @@ def read_names_and_faceness(path: str | Path) -> tuple[list[str], np.ndarray]:
 def read_tid_mid_file(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``name template_id media_id`` -> (names, templates int64, medias int64)."""
     path = Path(path)
-    _require(path)
     names: list[str] = []
     tids: list[int] = []
     mids: list[int] = []
-    for i, line in enumerate(path.read_bytes().split(b"\n"), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 3:
-            raise ProtocolFileError(f"{path}:{i}: expected 'name template_id media_id', got {len(parts)} fields")
+    for i, parts in _records(path, "name template_id media_id", 3):
         try:
             tids.append(int(parts[1]))
             mids.append(int(parts[2]))

@@ -146,17 +146,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
         ax.plot(np.maximum(fpr, 1e-7), tpr, lw=1, label=name)
     ax.set_xscale("log")
     ax.set_xlim(1e-6, 1)
-    ax.set_xlabel("False positive rate")
-    ax.set_ylabel("True positive rate")
-    ax.grid(ls="--", lw=0.5)
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_curves(fig, ax, path, title, "False positive rate", "True positive rate")
 
 
 def plot_cmc(curves: Mapping[str, np.ndarray], path: str | Path, max_rank: int = 20, title: str = "CMC") -> Path:
@@ -172,8 +162,15 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str | Path, max_rank: int =
         ranks = np.asarray(ranks)
         rate = [(ranks <= k).mean() if ranks.size else np.nan for k in ks]
         ax.plot(ks, rate, marker=".", lw=1, label=name)
-    ax.set_xlabel("Rank")
-    ax.set_ylabel("Identification rate")
+    return _save_curves(fig, ax, path, title, "Rank", "Identification rate")
+
+
+def _save_curves(fig: Any, ax: Any, path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Label, grid and legend of a curve plot, then write it as PNG and close the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(ls="--", lw=0.5)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize="small")

@@ -99,6 +99,30 @@ def test_roc_curve_equals_sklearn_with_ties_and_drop_intermediate() -> None:
         for drop in (True, False):
             for a, b in zip(sk_roc_curve(y, s, drop_intermediate=drop), roc_curve(y, s, drop), strict=True):
                 np.testing.assert_array_equal(a, b)
+    # tiny inputs and heavy ties (every score from a handful of levels), both classes present
+    for n in range(2, 9):
+        for _trial in range(30):
+            s = rng.integers(0, 3, n).astype(np.float64)
+            y = rng.random(n) < 0.4
+            y[0], y[-1] = True, False
+            for drop in (True, False):
+                for a, b in zip(sk_roc_curve(y, s, drop_intermediate=drop), roc_curve(y, s, drop), strict=True):
+                    np.testing.assert_array_equal(a, b)
+
+
+def test_roc_curve_can_sort_the_scores_in_place() -> None:
+    rng = np.random.default_rng(3)
+    s = np.round(rng.normal(size=5000), 2)
+    y = rng.random(5000) < 0.1
+    expected = sk_roc_curve(y, s)
+    work = s.copy()
+    got = roc_curve(y, work, overwrite_scores=True)
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(work, np.sort(s))  # the documented side effect
+    kept = s.copy()
+    roc_curve(y, kept)
+    np.testing.assert_array_equal(kept, s)  # default: the input is left alone
 
 
 def test_tar_at_far_hand_case_and_properties() -> None:
@@ -122,7 +146,8 @@ def test_score_template_pairs_block_and_sparse_paths_agree() -> None:
     t = normalize(rng.normal(size=(400, 24)))
     r1, r2 = rng.integers(0, 400, 7000), rng.integers(0, 400, 7000)
     ref = np.sum(t[r1] * t[r2], -1)
-    for chunk in (30, 24 * 50, 10**7):
+    # 400 and 134 blocks (grouped by a radix argsort), 20 blocks (one mask pass each), one block
+    for chunk in (30, 24 * 50, 400 * 20, 10**7):
         np.testing.assert_allclose(score_template_pairs(t, r1, r2, chunk_elems=chunk), ref, atol=1e-14, rtol=0)
 
 
@@ -212,3 +237,42 @@ def test_protocol_file_errors_name_file_and_line(tmp_path: Path) -> None:
         load_ijb(tmp_path / "nowhere", "IJBC")
     with pytest.raises(ProtocolFileError, match="unknown IJB target"):
         load_ijb(tmp_path, "IJBX")
+
+
+def test_pair_file_parsed_by_a_helper_process_equals_the_in_process_reader(tmp_path: Path) -> None:
+    from fuseface.data.pair_file_job import PairFileJob
+
+    fxt = write_ijb(tmp_path, "IJBB", n_subjects=3)
+    pair_file = fxt.root / "IJBB" / "meta" / "ijbb_template_pair_label.txt"
+    job = PairFileJob(pair_file, cache=False, min_bytes=0)  # force the helper for a small file
+    assert job.in_background
+    got = job.result()
+    for a, b in zip(got, read_pair_file(pair_file, cache=False), strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    # a bad line: the helper fails, the in-process reader reports the file and the line
+    lines = pair_file.read_text().splitlines()
+    lines[1] = "12 13"
+    pair_file.write_text("\n".join(lines) + "\n")
+    bad = PairFileJob(pair_file, cache=False, min_bytes=0)
+    assert bad.in_background
+    with pytest.raises(ProtocolFileError, match=r"ijbb_template_pair_label.txt:2"):
+        bad.result()
+
+
+def test_background_pairs_are_checked_on_first_use(tmp_path: Path) -> None:
+    fxt = write_ijb(tmp_path, "IJBB", n_subjects=3)
+    eager = load_ijb(fxt.root, "IJBB")
+    lazy = load_ijb(fxt.root, "IJBB", pairs="background")
+    np.testing.assert_array_equal(lazy.pair_t1, eager.pair_t1)
+    for a, b in zip(lazy.pair_rows(), eager.pair_rows(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    pair_file = fxt.root / "IJBB" / "meta" / "ijbb_template_pair_label.txt"
+    lines = pair_file.read_text().splitlines()
+    lines[3] = "999999 " + lines[3].split()[1] + " 0"  # a template with no image
+    pair_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProtocolFileError, match=r"ijbb_template_pair_label.txt:4: template 999999 \(t1\) has no image"):
+        load_ijb(fxt.root, "IJBB")
+    lazy = load_ijb(fxt.root, "IJBB", pairs="background")  # read without complaint ...
+    with pytest.raises(ProtocolFileError, match=r"ijbb_template_pair_label.txt:4: template 999999"):
+        lazy.pair_rows()  # ... and refused when the pairs are first used

@@ -284,7 +284,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if task not in ("1:1", "1:N", "1:n"):
             raise ConfigError(f"--task must be 1:1 or 1:N, got {task!r}")
         one_n = task.upper() == "1:N"
-        proto = load_ijb(root, target, one_to_n=one_n, pairs=not one_n)
+        # 1:1: a helper process parses the pair file while the features are computed or loaded
+        proto = load_ijb(root, target, one_to_n=one_n, pairs=False if one_n else "background")
         if model is not None:
             from fuseface.align.similarity import align_face
             from fuseface.data.images import read_image

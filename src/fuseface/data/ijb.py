@@ -23,10 +23,14 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fuseface.errors import ProtocolFileError
+
+if TYPE_CHECKING:
+    from fuseface.data.pair_file_job import PairFileJob
 
 TARGETS = ("IJBB", "IJBC")
 GALLERY_NAMES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
@@ -34,7 +38,12 @@ GALLERY_NAMES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
 
 @dataclass
 class IJBProtocol:
-    """Everything the 1:1 and 1:N protocols need, in the landmark file's image order."""
+    """Everything the 1:1 and 1:N protocols need, in the landmark file's image order.
+
+    The pair arrays may still be in the making (``load_ijb(..., pairs="background")``): the first
+    access to ``pair_t1`` / ``pair_t2`` / ``pair_labels`` / :meth:`pair_rows` waits for them and checks
+    that every pair template has images.
+    """
 
     target: str
     root: Path
@@ -43,12 +52,15 @@ class IJBProtocol:
     faceness: np.ndarray  # (N,) float32
     templates: np.ndarray  # (N,) int64, template id of each image
     medias: np.ndarray  # (N,) int64, media id of each image
-    pair_t1: np.ndarray  # (P,) int64
-    pair_t2: np.ndarray  # (P,) int64
-    pair_labels: np.ndarray  # (P,) int8, 1 = genuine
+    _pair_t1: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _pair_t2: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _pair_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     galleries: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (tids, sids)
     probes: tuple[np.ndarray, np.ndarray] | None = None  # (tids, sids) rows of the probe csv
     _landmarks: np.ndarray | None = None
+    _pending_pairs: PairFileJob | None = None
+    _pair_rows: tuple[np.ndarray, np.ndarray] | None = None
+    _template_ids: np.ndarray | None = None
 
     @property
     def landmarks(self) -> np.ndarray:
@@ -64,6 +76,80 @@ class IJBProtocol:
     @property
     def num_images(self) -> int:
         return len(self.image_names)
+
+    @property
+    def template_ids(self) -> np.ndarray:
+        """Every template id with at least one image, ascending (int64)."""
+        if self._template_ids is None:
+            self._template_ids = np.unique(self.templates)
+        return self._template_ids
+
+    @property
+    def pair_t1(self) -> np.ndarray:
+        """(P,) int64 first template of each 1:1 pair."""
+        self._resolve_pairs()
+        return self._pair_t1
+
+    @property
+    def pair_t2(self) -> np.ndarray:
+        """(P,) int64 second template of each 1:1 pair."""
+        self._resolve_pairs()
+        return self._pair_t2
+
+    @property
+    def pair_labels(self) -> np.ndarray:
+        """(P,) int8 label of each pair, 1 = genuine."""
+        self._resolve_pairs()
+        return self._pair_labels
+
+    def pair_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row of each pair's first and second template in :attr:`template_ids` (intp)."""
+        self._resolve_pairs()
+        if self._pair_rows is None:
+            self._pair_rows = (
+                index_in_sorted(self.template_ids, self._pair_t1),
+                index_in_sorted(self.template_ids, self._pair_t2),
+            )
+        return self._pair_rows
+
+    def set_pairs(self, t1: np.ndarray, t2: np.ndarray, labels: np.ndarray, source: Path | None = None) -> None:
+        """Install the 1:1 pairs after checking that every pair template has images; an unknown
+        template raises :class:`ProtocolFileError` naming ``source`` and the line."""
+        rows = []
+        for col, arr in (("t1", t1), ("t2", t2)):
+            r = index_in_sorted(self.template_ids, arr)
+            if r.size and r.min() < 0:
+                k = int(np.flatnonzero(r < 0)[0])
+                where = f"{source}:{k + 1}" if source is not None else f"pair {k + 1}"
+                tid_mid = meta_paths(self.root, self.target)["tid_mid"].name
+                raise ProtocolFileError(f"{where}: template {arr[k]} ({col}) has no image in {tid_mid}")
+            rows.append(r)
+        self._pair_t1, self._pair_t2, self._pair_labels = t1, t2, labels
+        self._pair_rows = (rows[0], rows[1])
+
+    def _resolve_pairs(self) -> None:
+        if self._pending_pairs is not None:
+            job, self._pending_pairs = self._pending_pairs, None
+            self.set_pairs(*job.result(), source=job.path)
+
+
+def index_in_sorted(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Position of each value in the sorted unique ``ids`` (intp), -1 where it is absent.
+
+    Non-negative ids below 50 M use a dense lookup table (one gather per value, the common IJB
+    case); others a binary search."""
+    values = np.asarray(values)
+    if ids.size == 0:
+        return np.full(values.shape, -1, dtype=np.intp)
+    if ids[0] >= 0 and ids[-1] < 50_000_000:
+        lut = np.full(int(ids[-1]) + 1, -1, dtype=np.intp)
+        lut[ids] = np.arange(ids.size)
+        if values.size and (values.min() < 0 or values.max() >= lut.size):
+            inside = (values >= 0) & (values < lut.size)
+            return np.where(inside, lut[np.clip(values, 0, lut.size - 1)], -1)
+        return lut[values]
+    idx = np.minimum(np.searchsorted(ids, values), ids.size - 1)
+    return np.where(ids[idx] == values, idx, -1)
 
 
 def meta_paths(root: str | Path, target: str) -> dict[str, Path]:
@@ -196,18 +282,6 @@ def read_tid_mid_file(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarr
     return names, np.asarray(tids, dtype=np.int64), np.asarray(mids, dtype=np.int64)
 
 
-def _known(known: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Membership of ``values`` in the sorted non-negative ids ``known`` (lookup table)."""
-    if known.size == 0:
-        return np.zeros(values.shape, dtype=bool)
-    if known[0] >= 0 and known[-1] < 50_000_000:
-        table = np.zeros(int(known[-1]) + 1, dtype=bool)
-        table[known] = True
-        inside = (values >= 0) & (values < table.size)
-        return inside & table[np.clip(values, 0, table.size - 1)]
-    return np.isin(values, known)
-
-
 _INT_LINE = re.compile(rb"^\s*-?\d+\s+-?\d+\s+-?\d+\s*$")
 
 
@@ -256,7 +330,8 @@ def read_pair_file(path: str | Path, cache: bool = True) -> tuple[np.ndarray, np
     return t1, t2, labels
 
 
-def _parse_pair_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _parse_pair_table(path: Path) -> np.ndarray:
+    """The pair file as a (P, 3) int64 table (labels checked to be 0 or 1)."""
     data = path.read_bytes()
     nlines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
     import warnings
@@ -275,7 +350,12 @@ def _parse_pair_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bad = np.flatnonzero((labels != 0) & (labels != 1))
     if bad.size:
         raise ProtocolFileError(f"{path}:{bad[0] + 1}: label must be 0 or 1, got {labels[bad[0]]}")
-    return values[:, 0].copy(), values[:, 1].copy(), labels.astype(np.int8)
+    return values
+
+
+def _parse_pair_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    values = _parse_pair_table(path)
+    return values[:, 0].copy(), values[:, 1].copy(), values[:, 2].astype(np.int8)
 
 
 def _report_bad_line(path: Path, data: bytes) -> None:
@@ -309,15 +389,25 @@ def read_template_subject_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(tids, dtype=np.int64), np.asarray(sids, dtype=np.int64)
 
 
-def load_ijb(root: str | Path, target: str, *, one_to_n: bool | None = None, pairs: bool = True) -> IJBProtocol:
+def load_ijb(root: str | Path, target: str, *, one_to_n: bool | None = None, pairs: bool | str = True) -> IJBProtocol:
     """Read the protocol of ``target`` (``IJBB`` / ``IJBC``) under ``root``.
 
     ``one_to_n``: ``True`` requires the 1:N csv files, ``False`` skips them, ``None`` reads them
-    when present. ``pairs=False`` skips the 1:1 pair file (1:N only needs the csv files).
+    when present. ``pairs=False`` skips the 1:1 pair file (1:N only needs the csv files);
+    ``pairs="background"`` has a helper process parse it (:mod:`fuseface.data.pair_file_job`)
+    while this one reads the rest and the caller pools features: the first use of the pairs waits
+    for it, and errors in the file are raised then.
     """
     target = normalize_target(target)
     root = Path(root)
     paths = meta_paths(root, target)
+    job = None
+    if pairs == "background":
+        from fuseface.data.pair_file_job import PairFileJob
+
+        job = PairFileJob(paths["pairs"])  # parsed by a helper process while we read the rest
+    elif pairs not in (True, False):
+        raise ValueError(f"pairs must be True, False or 'background', got {pairs!r}")
     names, faceness = read_names_and_faceness(paths["landmarks"])
     names2, templates, medias = read_tid_mid_file(paths["tid_mid"])
     if len(names2) != len(names):
@@ -327,20 +417,12 @@ def load_ijb(root: str | Path, target: str, *, one_to_n: bool | None = None, pai
     if names != names2:
         i, a, b = next((i, a, b) for i, (a, b) in enumerate(zip(names, names2, strict=True)) if a != b)
         raise ProtocolFileError(f"{paths['tid_mid']}:{i + 1}: image {b!r} but the landmark file has {a!r} there")
-    if pairs:
-        t1, t2, labels = read_pair_file(paths["pairs"])
-    else:
-        t1 = t2 = np.zeros(0, dtype=np.int64)
-        labels = np.zeros(0, dtype=np.int8)
-    known = np.unique(templates)
-    for col, arr in (("t1", t1), ("t2", t2)):
-        missing = ~_known(known, arr)
-        if missing.any():
-            k = int(np.flatnonzero(missing)[0])
-            raise ProtocolFileError(
-                f"{paths['pairs']}:{k + 1}: template {arr[k]} ({col}) has no image in {paths['tid_mid'].name}"
-            )
-    proto = IJBProtocol(target, root, names, paths["landmarks"], faceness, templates, medias, t1, t2, labels)
+    proto = IJBProtocol(target, root, names, paths["landmarks"], faceness, templates, medias)
+    if job is not None:
+        proto._pending_pairs = job
+    elif pairs:
+        proto.set_pairs(*read_pair_file(paths["pairs"]), source=paths["pairs"])
+    known = proto.template_ids
     want = one_to_n if one_to_n is not None else all(paths[k].is_file() for k in ("gallery1", "gallery2", "probe"))
     if want:
         g1, g2 = GALLERY_NAMES[target]
@@ -350,7 +432,7 @@ def load_ijb(root: str | Path, target: str, *, one_to_n: bool | None = None, pai
         }
         proto.probes = read_template_subject_csv(paths["probe"])
         for name, (tids, _) in [*proto.galleries.items(), ("probe", proto.probes)]:
-            missing = ~_known(known, tids)
+            missing = index_in_sorted(known, tids) < 0
             if missing.any():
                 raise ProtocolFileError(f"{target} 1:N {name}: template {tids[missing][0]} has no image")
     return proto

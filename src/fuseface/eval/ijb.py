@@ -16,18 +16,18 @@ Defaults (all ``True``) are arcface_torch's ``eval_ijbc.py`` mode (F1, N1 "norm 
 scores = cosine of the two template features (:func:`score_template_pairs`) -> ROC and TAR at the
 nearest FPR (:mod:`fuseface.eval.roc`).
 
-Scoring at IJB-C scale (15.66 M pairs) is done block-wise: the pairs are grouped by their first
-template (a radix sort of uint16/32 row indices), and for a block of first templates the dot
-products with all second templates are one float64 matrix product into a reused buffer; when a
-block's pairs fill less than 1/16 of that product, its pairs are scored one by one
-(``einsum``) instead. Memory is bounded by ``chunk_elems`` (default 8 M float64 = 64 MiB).
+Scoring at IJB-C scale (15.66 M pairs) is done block-wise without sorting the pairs: the first
+templates are cut into blocks, each pair gets its block's id, and for one block the dot products
+with all second templates are one float64 matrix product into a reused buffer, from which the
+block's pairs are picked; when a block's pairs fill less than 1/16 of that product, they are scored
+one by one (``einsum``) instead. Memory is bounded by ``chunk_elems`` (default 8 M float64 = 64 MiB).
 The reference computes ``np.sum(f1 * f2, -1)``; a matrix product adds the same terms in another
 order, so scores agree to ~1e-16 (the metrics are identical unless two scores tie within that).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,63 +47,86 @@ def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = D
     return tar_at_far_from_roc(fpr, tpr, tuple(fars))
 
 
+MASK_PASSES_MAX = 32  # up to this many blocks, find each block's pairs with one pass over a block-id array
+
+
+def _pairs_by_block(block_of_pair: np.ndarray, n_blocks: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(block, pair indices in ascending order)`` for every non-empty block.
+
+    Few blocks: one ``flatnonzero(block_of_pair == b)`` pass per block (cheap on a uint16 array and
+    no full-length index array at once). Many blocks: one stable radix argsort of the block ids."""
+    if n_blocks <= MASK_PASSES_MAX:
+        for b in range(n_blocks):
+            idx = np.flatnonzero(block_of_pair == b)
+            if idx.size:
+                yield b, idx
+        return
+    order = np.argsort(block_of_pair, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(block_of_pair, minlength=n_blocks))]
+    for b in range(n_blocks):
+        if bounds[b + 1] > bounds[b]:
+            yield b, order[bounds[b] : bounds[b + 1]]
+
+
 def score_template_pairs(
     template_feats: np.ndarray, rows1: np.ndarray, rows2: np.ndarray, chunk_elems: int = 8_000_000
 ) -> np.ndarray:
     """Dot products ``template_feats[rows1[k]] . template_feats[rows2[k]]`` for every pair k.
 
     ``template_feats``: (T, D) float64 (L2-normalised: the scores are cosines).
-    Memory beyond the output is O(chunk_elems) float64 plus the pair index arrays and one
-    transposed copy of the second templates' features.
+    The first templates that occur are cut, in row order, into blocks of ``chunk_elems //
+    n_second`` rows; a block's scores against every second template are one float64 matrix
+    product into a reused (block x n_second) buffer, from which its pairs are picked. A block whose
+    pairs fill less than 1/16 of that product scores them one by one (``einsum``) instead. Memory
+    beyond the output is O(chunk_elems) float64, a uint16/32 block id per pair, one block's pair
+    indices and one gathered copy of the second templates' features; no sort of the pairs.
 
-    The product buffer and the transposed right-hand side are allocated once and reused by every
+    The product buffer and the gathered right-hand side are allocated once and reused by every
     block: a fresh 64 MiB temporary per block means fresh pages every time (glibc maps allocations
     that large directly), and on virtual machines first-touching pages costs more than the
     arithmetic.
     """
-    rows1 = np.asarray(rows1)
-    rows2 = np.asarray(rows2)
+    rows1 = np.asarray(rows1, dtype=np.intp)
+    rows2 = np.asarray(rows2, dtype=np.intp)
     n_t, dim = template_feats.shape
     scores = np.empty(rows1.size, dtype=np.float64)
     if rows1.size == 0:
         return scores
-    key_dtype = np.uint16 if n_t <= np.iinfo(np.uint16).max else np.uint32
-    order = np.argsort(rows1.astype(key_dtype), kind="stable")  # radix sort
-    r1 = rows1[order]
-    r2 = rows2[order]
-    counts = np.bincount(r1, minlength=n_t)
-    bounds = np.r_[0, np.cumsum(counts)]
+    t1_rows = np.flatnonzero(np.bincount(rows1, minlength=n_t))  # every first template, once
     mark = np.zeros(n_t, dtype=bool)
-    mark[r2] = True
+    mark[rows2] = True
     cols = np.flatnonzero(mark)  # every second template, once
-    colmap = np.empty(n_t, dtype=np.int64)
+    colmap = np.zeros(n_t, dtype=np.intp)
     colmap[cols] = np.arange(cols.size)
-    rowmap = np.empty(n_t, dtype=np.int64)
-    t1_rows = np.flatnonzero(counts)
     rows_per_block = max(1, chunk_elems // cols.size)
+    n_blocks = -(-t1_rows.size // rows_per_block)
+    rank = np.arange(t1_rows.size)
+    block_dtype = np.uint16 if n_blocks <= np.iinfo(np.uint16).max else np.uint32
+    block_of_row = np.zeros(n_t, dtype=block_dtype)
+    block_of_row[t1_rows] = rank // rows_per_block
+    rowmap = np.zeros(n_t, dtype=np.intp)  # row of a first template inside its block's product
+    rowmap[t1_rows] = rank % rows_per_block
     step = max(1, chunk_elems // max(1, dim))
-    right: np.ndarray | None = None  # (D, len(cols)), built for the first dense block
+    right: np.ndarray | None = None  # (D, len(cols)), gathered for the first dense block
     product: np.ndarray | None = None  # (rows_per_block, len(cols)), reused
-    for i in range(0, t1_rows.size, rows_per_block):
-        used = t1_rows[i : i + rows_per_block]
-        a, b = bounds[used[0]], bounds[used[-1] + 1]
-        p1, p2 = r1[a:b], r2[a:b]
-        if (b - a) * 16 >= used.size * cols.size:
+    for b, idx in _pairs_by_block(block_of_row[rows1], n_blocks):
+        used = t1_rows[b * rows_per_block : (b + 1) * rows_per_block]
+        p1, p2 = rows1[idx], rows2[idx]
+        if idx.size * 16 >= used.size * cols.size:
             if right is None:
-                right = np.ascontiguousarray(template_feats[cols].T)
+                right = template_feats[cols].T  # F-ordered view: BLAS reads it transposed, no copy
                 product = np.empty((min(rows_per_block, t1_rows.size), cols.size), dtype=np.float64)
             assert product is not None
             out = product[: used.size]
             np.matmul(template_feats[used], right, out=out)
-            rowmap[used] = np.arange(used.size)
             flat = rowmap[p1]
             flat *= cols.size
             flat += colmap[p2]
-            scores[order[a:b]] = out.reshape(-1)[flat]
+            scores[idx] = out.reshape(-1)[flat]
         else:
-            for c in range(a, b, step):
-                e = min(b, c + step)
-                scores[order[c:e]] = np.einsum("ij,ij->i", template_feats[r1[c:e]], template_feats[r2[c:e]])
+            for c in range(0, idx.size, step):
+                e = min(idx.size, c + step)
+                scores[idx[c:e]] = np.einsum("ij,ij->i", template_feats[p1[c:e]], template_feats[p2[c:e]])
     return scores
 
 
@@ -188,7 +211,8 @@ def evaluate_1to1(
     ``pairs_with_empty_template``. ``overwrite_features=True`` lets the per-image weighting
     reuse a float32 ``features`` array (saves ~1 GB at IJB-C scale; the array is modified).
     """
-    proto = root if isinstance(root, IJBProtocol) else load_ijb(root, target, one_to_n=False)
+    # from a folder: a helper process parses the 15.66 M-line pair file while the features are pooled
+    proto = root if isinstance(root, IJBProtocol) else load_ijb(root, target, one_to_n=False, pairs="background")
     tf, switches = build_template_features(
         proto,
         features,
@@ -199,12 +223,19 @@ def evaluate_1to1(
         template_features=template_features,
         overwrite_features=overwrite_features,
     )
-    r1 = tf.rows(proto.pair_t1)
-    r2 = tf.rows(proto.pair_t2)
+    if np.array_equal(tf.ids, proto.template_ids):
+        r1, r2 = proto.pair_rows()  # computed once, when the pairs were checked
+    else:
+        r1, r2 = tf.rows(proto.pair_t1), tf.rows(proto.pair_t2)
     scores = score_template_pairs(tf.features, r1, r2)
     empty = ~tf.features.any(1)
     labels = proto.pair_labels
-    fpr, tpr, _ = roc_curve(labels, scores)
+    with_empty = int((empty[r1] | empty[r2]).sum())
+    del r1, r2
+    if return_scores:
+        result_scores = scores.copy()
+    # the ROC sorts the scores in place: no second 125 MB array at IJB-C scale
+    fpr, tpr, _ = roc_curve(labels, scores, overwrite_scores=True)
     result: dict[str, Any] = {
         "protocol": f"{proto.target} 1:1",
         "switches": switches,
@@ -217,11 +248,11 @@ def evaluate_1to1(
         "num_impostor": int(labels.size - labels.sum()),
         "invalid_images": tf.invalid_images,
         "empty_templates": tf.empty_templates,
-        "pairs_with_empty_template": int((empty[r1] | empty[r2]).sum()),
+        "pairs_with_empty_template": with_empty,
         "roc": {"fpr": fpr, "tpr": tpr},
     }
     if return_scores:
-        result["scores"] = scores
+        result["scores"] = result_scores
     return result
 
 

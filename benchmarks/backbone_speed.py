@@ -7,7 +7,9 @@ Rows (each measured in its own subprocess, so its peak resident memory is its ow
   1,000 classes on the embedding);
 * ``ir50 + MSConv`` (``conv="msconv"``, all four stages) inference and training next to plain ``ir50``
   so the module's cost is a measured ratio from the same run;
-* ``msnet50`` (the MSConv paper backbone) inference and training;
+* ``msnet50`` (the MSConv paper backbone) inference and training, next to the *official* forward
+  pass of the same network (``benchmarks/reference_msnet.py``: same weights, same output, computed
+  the way the official code computes it) so "as fast, no more memory" is a measured comparison;
 * ``ir50`` / ``ir100`` after ``fuseface.infer.optimize.prepare_for_inference`` (batch norms folded,
   channels-last).
 
@@ -22,6 +24,7 @@ Usage::
     python benchmarks/backbone_speed.py                  # batch 32, 2 warm-up + 5 timed iterations
     python benchmarks/backbone_speed.py --quick          # batch 4, 1 + 2 iterations: validates the script
     python benchmarks/backbone_speed.py --batch 64 --repeats 9 --threads 2
+    python benchmarks/backbone_speed.py --only msnet50 --trials 3   # medians over 3 processes per row
 
 Writes ``benchmarks/results/backbone_speed.json`` and prints a table.
 """
@@ -52,6 +55,8 @@ CASES: list[tuple[str, str, dict[str, Any], str, str | None]] = [
     ("ir50+msconv train", "ir50", {"conv": "msconv"}, "train", "fuseface.nn.layers.msconv"),
     ("msnet50 infer", "msnet50", {}, "infer", "fuseface.nn.backbones.msnet"),
     ("msnet50 train", "msnet50", {}, "train", "fuseface.nn.backbones.msnet"),
+    ("official msnet50 infer", "official:msnet50", {}, "infer", "fuseface.nn.backbones.msnet"),
+    ("official msnet50 train", "official:msnet50", {}, "train", "fuseface.nn.backbones.msnet"),
     ("ir50 infer, folded BN + channels-last", "ir50", {}, "infer_optimized", "fuseface.infer.optimize"),
     ("ir100 infer, folded BN + channels-last", "ir100", {}, "infer_optimized", "fuseface.infer.optimize"),
 ]
@@ -60,6 +65,8 @@ RATIOS = [
     ("ir50+msconv / ir50 (training time)", "ir50 train", "ir50+msconv train"),
     ("ir50 folded / ir50 (inference time)", "ir50 infer", "ir50 infer, folded BN + channels-last"),
     ("ir100 folded / ir100 (inference time)", "ir100 infer", "ir100 infer, folded BN + channels-last"),
+    ("official msnet50 / msnet50 (inference time)", "msnet50 infer", "official msnet50 infer"),
+    ("official msnet50 / msnet50 (training time)", "msnet50 train", "official msnet50 train"),
 ]
 
 
@@ -80,7 +87,11 @@ def run_case(
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = fuseface.create_backbone(backbone, **kwargs)
+    extra: dict[str, Any] = {}
+    if backbone.startswith("official:"):
+        model, extra["max_abs_diff_vs_ours"] = _official_model(backbone.split(":", 1)[1])
+    else:
+        model = fuseface.create_backbone(backbone, **kwargs)
     size = getattr(model, "input_size", 112)
     x = torch.randn(batch, 3, size, size)
     params = sum(p.numel() for p in model.parameters())
@@ -122,7 +133,30 @@ def run_case(
         "seconds_per_batch": wall,
         "peak_rss_mib": _vm_hwm_mib(),
         "params_m": params / 1e6,
+        **extra,
     }
+
+
+def _official_model(name: str) -> tuple[Any, float]:
+    """The official forward pass of ``name`` (benchmarks/reference_msnet.py) holding the weights of
+    our model of the same name, and the largest output difference between the two (eval mode)."""
+    import torch
+
+    import fuseface
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from reference_msnet import official_msnet50
+
+    if name != "msnet50":
+        raise ValueError(f"no official transcription of {name}")
+    ours = fuseface.create_backbone(name).eval()
+    model = official_msnet50().eval()
+    model.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        diff = float((model(x) - ours(x)).abs().max())
+    del ours
+    return model, diff
 
 
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
@@ -160,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed iterations (default 5, quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 2, quick 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case (default 2)")
+    parser.add_argument("--trials", type=int, default=1, help="processes per case; medians are reported")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only matching rows")
     parser.add_argument("--out", type=Path, default=RESULTS / "backbone_speed.json")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -198,13 +233,29 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": repeats,
             "threads": args.threads,
         }
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT
-        )
-        if proc.returncode != 0:
-            row["skipped"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
-        else:
-            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        trials = []
+        for _ in range(args.trials):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+            if proc.returncode != 0:
+                row["skipped"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+                break
+            trials.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if trials:
+            # several processes: the median of each figure (peak RSS varies by a few hundred MiB
+            # from process to process with the allocators' caching), and the spread
+            row.update(trials[0])
+            for key in ("images_per_s", "images_per_cpu_s", "seconds_per_batch", "peak_rss_mib"):
+                values = [t[key] for t in trials]
+                row[key] = statistics.median(values)
+                if len(values) > 1:
+                    row[key + "_range"] = [min(values), max(values)]
+            row["trials"] = len(trials)
         rows.append(row)
         if "skipped" in row:
             print(f"{name:42s} {row['skipped']}", flush=True)
@@ -224,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio": label,
                     "value": by_name[base]["images_per_s"] / by_name[other]["images_per_s"],
                     "value_cpu": by_name[base]["images_per_cpu_s"] / by_name[other]["images_per_cpu_s"],
+                    "peak_memory": by_name[other]["peak_rss_mib"] / by_name[base]["peak_rss_mib"],
                 }
             )
     _print_table(rows, ratios)
@@ -243,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": batch,
         "warmup": warmup,
         "repeats": repeats,
+        "trials": args.trials,
         "threads": args.threads,
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -283,7 +336,10 @@ def _print_table(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> No
     console = Console()
     console.print(table)
     for r in ratios:
-        console.print(f"{r['ratio']}: {r['value']:.2f}x (per CPU-second: {r['value_cpu']:.2f}x)")
+        console.print(
+            f"{r['ratio']}: {r['value']:.2f}x (per CPU-second: {r['value_cpu']:.2f}x; "
+            f"peak memory {r['peak_memory']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -159,3 +159,22 @@ def test_profile_counts_the_mo_product() -> None:
     assert count_macs(MSConv(C, mo=False).eval(), torch.zeros(1, C, H, H)) == convs
     # METHODS.md 2.3: one MSConv at C=128 has 39.2 K parameters
     assert sum(p.numel() for p in m.parameters()) == pytest.approx(39.2e3, abs=60)
+
+
+def test_subtractive_select_equals_the_expression_and_its_autograd() -> None:
+    from fuseface.nn.layers.msconv import SubtractiveSelect
+
+    g = torch.Generator().manual_seed(0)
+    u1 = torch.randn(2, 4, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    u2 = torch.randn(2, 4, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    c = torch.rand(2, 4, 1, 1, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(SubtractiveSelect.apply, (u1, u2, c))
+    x1, x2, xc = (t.detach().float().requires_grad_() for t in (u1, u2, c))
+    ours = SubtractiveSelect.apply(x1, x2, xc)
+    plain = xc * (x1 - x2) + x2
+    assert torch.equal(ours, plain)  # bit for bit in float32
+    w = torch.randn(ours.shape, generator=g)
+    grads = torch.autograd.grad((ours * w).sum(), (x1, x2, xc))
+    expected = torch.autograd.grad((plain * w).sum(), (x1, x2, xc))
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -41,6 +41,35 @@ from torch import nn
 GATE_EPS = 1e-6  # the constant the official code adds inside the sigmoid
 
 
+class SubtractiveSelect(torch.autograd.Function):
+    """V = c * (U1 - U2) + U2 (the SO step) without keeping U1 - U2 for the backward pass.
+
+    Plain autograd saves the difference D = U1 - U2 (a full C x H x W map per sample) to form the
+    gradient of the gate. Here only U1, U2 and the (B, C, 1, 1) gate are saved; U1 and U2 are
+    saved anyway by the MO product, so the map costs nothing extra, and D is recomputed in the
+    backward pass. The forward value is computed with the same three roundings as the expression
+    (subtract, multiply, add), so it is equal bit for bit; the gradients are
+    dU1 = g * c, dU2 = g - g * c, dc = sum over H, W of g * (U1 - U2).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u1: torch.Tensor, u2: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(u1, u2, c)
+        v = u1 - u2
+        v.mul_(c)
+        return v.add_(u2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u1, u2, c = ctx.saved_tensors
+        g1 = grad * c
+        g2 = grad - g1 if ctx.needs_input_grad[1] else None
+        gc = None
+        if ctx.needs_input_grad[2]:
+            gc = (grad * (u1 - u2)).sum_to_size(c.shape)
+        return (g1 if ctx.needs_input_grad[0] else None), g2, gc
+
+
 def _conv_bn_prelu(conv: nn.Conv2d) -> nn.Sequential:
     return nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels), nn.PReLU())
 
@@ -116,6 +145,8 @@ class MSConv(nn.Module):
         """V before the projection: SO selection or, with ``so=False``, independent gates."""
         if self.so:
             c = torch.sigmoid(a1 - a2 + GATE_EPS)
+            if torch.is_grad_enabled() and (u1.requires_grad or u2.requires_grad or c.requires_grad):
+                return SubtractiveSelect.apply(u1, u2, c)  # same value, one map less kept for backward
             return c * (u1 - u2) + u2
         return torch.sigmoid(a1) * u1 + torch.sigmoid(a2) * u2
 

@@ -55,6 +55,9 @@ class PairFileJob:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=env,
+                # ``-m`` puts the working directory first on sys.path: run where this very
+                # fuseface package is found, not wherever the caller happens to be
+                cwd=Path(__file__).resolve().parents[2],
             )
         except OSError:
             self._discard()

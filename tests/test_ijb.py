@@ -276,3 +276,18 @@ def test_background_pairs_are_checked_on_first_use(tmp_path: Path) -> None:
     lazy = load_ijb(fxt.root, "IJBB", pairs="background")  # read without complaint ...
     with pytest.raises(ProtocolFileError, match=r"ijbb_template_pair_label.txt:4: template 999999"):
         lazy.pair_rows()  # ... and refused when the pairs are first used
+
+
+def test_in_place_weighting_and_input_dtypes_give_the_same_templates(fx) -> None:
+    base = evaluate_1to1(fx.root, "IJBC", fx.features, fx.flip_features, return_scores=True)
+    work = fx.features.astype(np.float32, copy=True)
+    r = evaluate_1to1(fx.root, "IJBC", work, fx.flip_features, overwrite_features=True, return_scores=True)
+    assert r["tar_at_far"] == base["tar_at_far"] and r["auc"] == base["auc"]
+    np.testing.assert_array_equal(r["scores"], base["scores"])
+    assert not np.array_equal(work, fx.features)  # the documented side effect: the array was reused
+    proto = load_ijb(fx.root, "IJBC")
+    f32 = image_features(fx.features, fx.flip_features, proto.faceness, keep_norm=False)
+    f64 = image_features(
+        fx.features.astype(np.float64), fx.flip_features.astype(np.float64), proto.faceness, keep_norm=False
+    )
+    np.testing.assert_array_equal(f32, f64)  # float64 input is cast to float32 first, as the reference does

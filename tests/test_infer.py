@@ -144,3 +144,16 @@ def test_faiss_index_agrees_with_numpy() -> None:
     a.add(gallery)
     b.add(gallery)
     assert a.search(queries, 4)[1] == b.search(queries, 4)[1]
+
+
+def test_model_meta_that_contradicts_the_network_size_is_refused(tmp_path: Path) -> None:
+    from fuseface.infer.embedder import FaceModel
+    from fuseface.nn.backbones.iresnet import IResNet
+
+    net = IResNet((1, 1, 1, 1), num_features=32, input_size=16)
+    wrong = ModelMeta("ir18", {"input_size": 16})  # meta.input_size stays at its default, 112
+    with pytest.raises(ValueError, match=r"built for 16x16 inputs but ModelMeta.input_size is 112"):
+        save_model(tmp_path / "m.safetensors", net, wrong)
+    with pytest.raises(ValueError, match=r"FaceModel\(ir18\): the model was built for 16x16"):
+        FaceModel(net, wrong)
+    assert FaceModel(net, ModelMeta("ir18", {"input_size": 16}, input_size=16)).input_size == 16

@@ -61,7 +61,7 @@ def test_lfw_end_to_end_with_tiny_backbone(shared_data: Path) -> None:
     assert crops.shape == (len(paths), 16, 16, 3) and crops.dtype == np.uint8
     torch.manual_seed(0)
     net = IResNet((1, 1, 1, 1), num_features=64, input_size=16)
-    model = FaceModel(net, ModelMeta("ir18", {"input_size": 32}))
+    model = FaceModel(net, ModelMeta("ir18", {"num_features": 64, "input_size": 16}, input_size=16))
     emb, _ = model.embed_aligned(crops, batch_size=128, flip=True)
     assert emb.shape == (len(paths), 64) and np.isfinite(emb).all()
     r = lfw_pairs_protocol(emb, i1, i2, issame, nfolds=10)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from fuseface.errors import DataError
-from fuseface.infer.model_file import ModelMeta, load_model
+from fuseface.infer.model_file import ModelMeta, check_input_size, load_model
 
 #: Default cosine-similarity threshold of ``compare`` (a typical ArcFace operating point on LFW;
 #: calibrate your own with ``fuseface eval`` — a model file may store ``extra["threshold"]``).
@@ -65,6 +65,7 @@ class FaceModel:
     """A loaded face-recognition network plus what is needed to feed it correctly."""
 
     def __init__(self, net: nn.Module, meta: ModelMeta, device: str | torch.device = "cpu") -> None:
+        check_input_size(net, meta, f"FaceModel({meta.arch})")
         self.net = net.to(device).eval()
         self.meta = meta
         self.device = torch.device(device)

@@ -61,17 +61,23 @@ class ModelMeta:
         )
 
 
+def check_input_size(model: nn.Module, meta: ModelMeta, where: str) -> None:
+    """Refuse a ``meta.input_size`` that contradicts the size the network was built for (its
+    ``input_size`` attribute, when it has one): crops would be prepared at the wrong size."""
+    built_for = getattr(model, "input_size", None)
+    if isinstance(built_for, int) and built_for != meta.input_size:
+        raise ValueError(
+            f"{where}: the model was built for {built_for}x{built_for} inputs but ModelMeta.input_size is "
+            f"{meta.input_size}; set ModelMeta(input_size={built_for})"
+        )
+
+
 def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
     """Write ``model``'s state dict and ``meta`` to ``path`` atomically (temp file, rename)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    built_for = getattr(model, "input_size", None)
-    if isinstance(built_for, int) and built_for != meta.input_size:
-        raise ValueError(
-            f"{path}: the model was built for {built_for}x{built_for} inputs but ModelMeta.input_size is "
-            f"{meta.input_size}; set ModelMeta(input_size={built_for})"
-        )
+    check_input_size(model, meta, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")

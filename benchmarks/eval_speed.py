@@ -290,13 +290,19 @@ def case_verif(impl: str) -> dict:
     return {"seconds": time.perf_counter() - t, "result": out}
 
 
-def case_ijbc11(impl: str) -> dict:
+def _start_ijb_case() -> tuple[Path, np.ndarray, float, float]:
+    """Protocol on disk and in the page cache, our pair-file cache off, clock started, features
+    loaded: ``(root, features, start time, seconds to load the features)``."""
     root = generate()
     warm_page_cache(root)
     fresh_protocol_cache()
     t0 = time.perf_counter()
     feats = np.load(root / "features.npy")
-    t_load = time.perf_counter() - t0
+    return root, feats, t0, time.perf_counter() - t0
+
+
+def case_ijbc11(impl: str) -> dict:
+    root, feats, t0, t_load = _start_ijb_case()
     if impl == "ours":
         from fuseface.eval.ijb import evaluate_1to1
 
@@ -327,12 +333,7 @@ def case_ijbc11(impl: str) -> dict:
 
 
 def case_ijbc1n(impl: str) -> dict:
-    root = generate()
-    warm_page_cache(root)
-    fresh_protocol_cache()
-    t0 = time.perf_counter()
-    feats = np.load(root / "features.npy")
-    t_load = time.perf_counter() - t0
+    root, feats, t0, t_load = _start_ijb_case()
     fpirs = (1e-4, 1e-3, 1e-2, 1e-1)
     if impl == "ours":
         from fuseface.data.ijb import load_ijb

@@ -285,14 +285,17 @@ def read_tid_mid_file(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarr
 _INT_LINE = re.compile(rb"^\s*-?\d+\s+-?\d+\s+-?\d+\s*$")
 
 
-def _cache_file(path: Path) -> Path | None:
-    """Where the parsed arrays of a large protocol file are cached (keyed by path, size, mtime)."""
+def _cache_file(path: Path, cache: bool = True) -> Path | None:
+    """Where the parsed arrays of a protocol file are cached (keyed by path, size, mtime); ``None``
+    when ``cache`` is off or the file is smaller than ``CACHE_MIN_BYTES`` (not worth caching)."""
     import hashlib
     import os
 
     try:
         st = path.stat()
     except OSError:
+        return None
+    if not cache or st.st_size < CACHE_MIN_BYTES:
         return None
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
     base = Path(os.environ.get("FUSEFACE_CACHE", Path.home() / ".cache" / "fuseface")) / "protocols"
@@ -311,7 +314,7 @@ def read_pair_file(path: str | Path, cache: bool = True) -> tuple[np.ndarray, np
     """
     path = Path(path)
     _require(path)
-    cfile = _cache_file(path) if cache and path.stat().st_size >= CACHE_MIN_BYTES else None
+    cfile = _cache_file(path, cache)
     if cfile is not None and cfile.is_file():
         try:
             with np.load(cfile) as z:

@@ -33,16 +33,15 @@ class PairFileJob:
     """A pair file being read; :meth:`result` returns ``(t1 int64, t2 int64, labels int8)``."""
 
     def __init__(self, path: str | Path, *, cache: bool = True, min_bytes: int = BACKGROUND_MIN_BYTES) -> None:
-        from fuseface.data.ijb import CACHE_MIN_BYTES, _cache_file, _require
+        from fuseface.data.ijb import _cache_file, _require
 
         self.path = Path(path)
         _require(self.path)
         self._cache = cache
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: Path | None = None
-        size = self.path.stat().st_size
-        cfile = _cache_file(self.path) if cache and size >= CACHE_MIN_BYTES else None
-        if size < min_bytes or (cfile is not None and cfile.is_file()):
+        cfile = _cache_file(self.path, cache)
+        if self.path.stat().st_size < min_bytes or (cfile is not None and cfile.is_file()):
             return  # read in this process by result()
         try:
             fd, out = tempfile.mkstemp(prefix="fuseface-pairs-", suffix=".npy")

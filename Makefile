@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	-$(VENV)/bin/fuseface models fetch mtcnn --quiet
+	-$(VENV)/bin/fuseface models fetch dlib-resnet --quiet
 	$(PY) -m pytest -q
 
 ## make demo: synthetic faces -> train a small MSConv backbone -> verification report under runs/demo/

@@ -192,6 +192,19 @@ def _read_journal(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def read_face_journal(path: str | Path) -> dict[str, np.ndarray]:
+    """The 5 landmarks of the first face of every photo in a ``faces.jsonl`` written by
+    :func:`align_folder` (keys: the photos' paths relative to the aligned folder's source root)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: landmark journal not found")
+    return {
+        src: np.asarray(rec["faces"][0]["landmarks"], dtype=np.float64)
+        for src, rec in _read_journal(path).items()
+        if rec.get("status") == "ok" and rec.get("faces")
+    }
+
+
 def _write_tables(dst: Path, records: dict[str, dict[str, Any]]) -> None:
     with open(dst / "faces.csv", "w", newline="") as fh:
         writer = csv.writer(fh)

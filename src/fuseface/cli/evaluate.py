@@ -158,10 +158,19 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         images_dir: Path | None = typer.Option(
             None,
             "--images-dir",
-            help="Aligned crops in the LFW layout (<name>/<name>_0001.jpg), e.g. from "
-            "`fuseface align`; default: centre crops of lfw-deepfunneled (an approximation).",
+            help="Aligned crops in the LFW layout (<name>/<name>_0001.jpg), e.g. from `fuseface align`; "
+            "default: MTCNN detection + alignment onto the model's template.",
         ),
-        crop: int = typer.Option(150, "--crop", help="Centre crop side (px) of the 250x250 images (no --images-dir)."),
+        landmarks: Path | None = typer.Option(
+            None, "--landmarks", help="faces.jsonl of `fuseface align` on LFW: reuse its landmarks, detect the rest."
+        ),
+        centre_crop: bool = typer.Option(
+            False, "--centre-crop", help="No alignment: centre crops of the 250x250 images (an approximation)."
+        ),
+        crop: int = typer.Option(150, "--crop", help="Centre crop side (px) with --centre-crop."),
+        save_features: Path | None = typer.Option(
+            None, "--save-features", help="Also write the features (.npy, rows as --features expects)."
+        ),
         flip: bool = typer.Option(True, "--flip/--no-flip", help="Add the embedding of the mirrored image."),
         batch_size: int = typer.Option(64, "--batch-size"),
         max_pairs: int | None = typer.Option(None, "--max-pairs", help="Only the first N pairs (smoke runs)."),
@@ -176,14 +185,34 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _need_one(model, features)
         pairs = lfw.read_pairs(root / "pairs.txt")[: max_pairs or None]
         paths, i1, i2, issame = lfw.pair_image_index(pairs)
+        how: dict[str, Any] = {"crop": "aligned" if images_dir else f"centre{crop}"}
         if model is not None:
             src = images_dir or root / lfw.IMAGE_SUBDIR
-            c = None if images_dir else crop
+            if images_dir is not None or centre_crop:
+                c = None if images_dir else crop
 
-            def load(a: int, b: int) -> Any:
-                return lfw.load_face_crops(src, paths[a:b], size=_model_size(model), crop=c)
+                def load(a: int, b: int) -> Any:
+                    return lfw.load_face_crops(src, paths[a:b], size=_model_size(model), crop=c)
+
+            else:
+                from fuseface.align.pipeline import read_face_journal
+                from fuseface.infer.model_file import read_model_file
+
+                meta = read_model_file(model)[1]
+                known = read_face_journal(landmarks) if landmarks is not None else None
+                lmk, counts = lfw.lfw_landmarks(src, paths, known, progress=True)
+                how = {"crop": f"mtcnn+{meta.template}", **{f"landmarks_{k}": v for k, v in counts.items()}}
+
+                def load(a: int, b: int) -> Any:
+                    return lfw.load_aligned_crops(src, paths[a:b], lmk[a:b], meta.input_size, meta.template)
 
             f, ff = _embed_stream(model, len(paths), load, batch_size, flip)
+            if save_features is not None:
+                import numpy as np
+
+                np.save(save_features, f)
+                if ff is not None:
+                    np.save(save_features.with_name(save_features.stem + "_flip.npy"), ff)
         else:
             f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
             if f.shape[0] != len(paths):
@@ -194,7 +223,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         m = lfw.lfw_pairs_protocol(emb, i1, i2, issame, nfolds=nfolds)
         switches = {
             "flip": bool(flip and ff is not None),
-            "crop": "aligned" if images_dir else f"centre{crop}",
+            **how,
             "pairs": len(pairs),
             "nfolds": nfolds,
         }

@@ -7,10 +7,15 @@ per fold 300 same-person lines ``name n1 n2`` followed by 300 different-person l
 ``--images-dir`` of aligned crops). The 6,000 pairs in file order give the 10 contiguous folds
 of 600 that :func:`fuseface.eval.verification.evaluate` uses.
 
-Without alignment, :func:`load_face_crops` takes the centre of the deep-funneled 250x250 images:
-a square of ``crop`` pixels (default 150) centred on the image, resized to the model's input
-(INTER_AREA). This is **our approximation**, not the ArcFace 5-point alignment: accuracies are
-lower than with aligned crops (use ``fuseface align`` and ``--images-dir`` for those).
+With a model, ``fuseface eval lfw`` aligns the photos itself: :func:`lfw_landmarks` finds the
+5 landmarks of each photo (from a ``faces.jsonl`` of ``fuseface align`` when given, MTCNN for the
+rest, keeping the face nearest the image centre, as LFW centres its subject), a photo without a
+detected face takes the mean landmarks of the others (the same rule as ``fuseface data build-bin``),
+and :func:`load_aligned_crops` warps each onto the model's template (``ModelMeta.template``).
+
+The old approximation stays as an option: :func:`load_face_crops` takes the centre of the
+deep-funneled 250x250 images, a square of ``crop`` pixels (default 150) centred on the image,
+resized to the model's input (INTER_AREA); accuracies are lower than with aligned crops.
 """
 
 from __future__ import annotations
@@ -133,6 +138,75 @@ def load_face_crops(
             warnings.simplefilter("always", TruncatedImageWarning)
             img = read_image(image_dir / rel, "rgb")
         out[i] = centre_crop(img, crop if crop else max(img.shape[:2]), size)
+    return out
+
+
+def lfw_landmarks(
+    image_dir: str | Path,
+    relpaths: Sequence[str],
+    known: dict[str, np.ndarray] | None = None,
+    detector: object | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """(N, 5, 2) landmarks of ``relpaths``: from ``known`` (e.g. :func:`read_face_journal`) when
+    present, else detected (``detector``, MTCNN by default; the face nearest the centre); photos with
+    no face get the mean of the others. Returns them and counts ``{"given", "detected", "fallback"}``."""
+    import warnings
+    from typing import Any
+
+    from fuseface.align.detector import select_faces
+    from fuseface.data.images import TruncatedImageWarning, read_image
+
+    image_dir = Path(image_dir)
+    known = known or {}
+    out = np.full((len(relpaths), 5, 2), np.nan)
+    counts = {"given": 0, "detected": 0, "fallback": 0}
+    items: Any = enumerate(relpaths)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, total=len(relpaths), desc="landmarks", unit="photo")
+    for i, rel in items:
+        if rel in known:
+            out[i] = known[rel]
+            counts["given"] += 1
+            continue
+        if detector is None:
+            from fuseface.align.mtcnn import MTCNN
+
+            detector = MTCNN()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", TruncatedImageWarning)
+            img = read_image(image_dir / rel, "rgb")
+        det = detector.detect(img)  # type: ignore[attr-defined]
+        chosen = select_faces(det, img.shape, "central")
+        if chosen:
+            out[i] = det.landmarks[chosen[0]]
+            counts["detected"] += 1
+    missing = np.isnan(out).any(axis=(1, 2))
+    if missing.all():
+        raise ProtocolFileError(f"{image_dir}: no face found in any of the {len(relpaths)} LFW photos")
+    out[missing] = np.nanmean(out[~missing], axis=0)
+    counts["fallback"] = int(missing.sum())
+    return out, counts
+
+
+def load_aligned_crops(
+    image_dir: str | Path, relpaths: Sequence[str], landmarks: np.ndarray, size: int, template: str
+) -> np.ndarray:
+    """Read images (uint8 RGB) and warp each onto ``template`` from its 5 landmarks."""
+    import warnings
+
+    from fuseface.align.similarity import align_face
+    from fuseface.data.images import TruncatedImageWarning, read_image
+
+    image_dir = Path(image_dir)
+    out = np.empty((len(relpaths), size, size, 3), dtype=np.uint8)
+    for i, rel in enumerate(relpaths):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", TruncatedImageWarning)
+            img = read_image(image_dir / rel, "rgb")
+        out[i] = align_face(img, landmarks[i], size, template)
     return out
 
 

@@ -164,6 +164,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         landmarks: Path | None = typer.Option(
             None, "--landmarks", help="faces.jsonl of `fuseface align` on LFW: reuse its landmarks, detect the rest."
         ),
+        detect: bool = typer.Option(
+            True, "--detect/--no-detect", help="--no-detect: photos missing from --landmarks take the mean landmarks."
+        ),
         centre_crop: bool = typer.Option(
             False, "--centre-crop", help="No alignment: centre crops of the 250x250 images (an approximation)."
         ),
@@ -200,7 +203,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
                 meta = read_model_file(model)[1]
                 known = read_face_journal(landmarks) if landmarks is not None else None
-                lmk, counts = lfw.lfw_landmarks(src, paths, known, progress=True)
+                lmk, counts = lfw.lfw_landmarks(src, paths, known, progress=True, detect=detect)
                 how = {"crop": f"mtcnn+{meta.template}", **{f"landmarks_{k}": v for k, v in counts.items()}}
 
                 def load(a: int, b: int) -> Any:

@@ -147,10 +147,12 @@ def lfw_landmarks(
     known: dict[str, np.ndarray] | None = None,
     detector: object | None = None,
     progress: bool = False,
+    detect: bool = True,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """(N, 5, 2) landmarks of ``relpaths``: from ``known`` (e.g. :func:`read_face_journal`) when
     present, else detected (``detector``, MTCNN by default; the face nearest the centre); photos with
-    no face get the mean of the others. Returns them and counts ``{"given", "detected", "fallback"}``."""
+    no face (or, with ``detect=False``, no entry in ``known``) get the mean of the others. Returns them
+    and counts ``{"given", "detected", "fallback"}``."""
     import warnings
     from typing import Any
 
@@ -170,6 +172,8 @@ def lfw_landmarks(
         if rel in known:
             out[i] = known[rel]
             counts["given"] += 1
+            continue
+        if not detect:
             continue
         if detector is None:
             from fuseface.align.mtcnn import MTCNN

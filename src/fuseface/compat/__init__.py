@@ -10,7 +10,7 @@ insightface    iresnet18, iresnet34, ..., iresnet200       ``compat/insightface.
 adaface        ir_18, ir_34, ir_50, ir_101                 ``compat/adaface.py``
 msconv         msnet26, msnet50, msnet101                  ``compat/msconv.py``
 caface         caface                                      ``compat/caface.py``
-dlib           resnet_v1 (a ``.dat`` path, not a state dict)  ``compat/dlib.py``
+dlib           resnet_v1 (given the ``.dat`` path)         ``compat/dlib.py``
 =============  ==========================================  =========================
 """
 

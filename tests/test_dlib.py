@@ -180,3 +180,33 @@ def test_compare_without_model_on_real_photos(real_model, shared_data: Path, cap
     assert "same person" in capsys.readouterr().out
     assert _run(["compare", str(pairs / "img21.jpg"), str(pairs / "img17.jpg")]) == 0  # labelled No
     assert "different people" in capsys.readouterr().out
+
+
+def test_lfw_alignment_reuses_a_journal_and_falls_back_to_mean_landmarks(shared_data: Path, tmp_path: Path) -> None:
+    import json
+
+    from fuseface.align.pipeline import read_face_journal
+    from fuseface.align.similarity import align_face
+    from fuseface.data.images import read_image
+    from fuseface.data.lfw import lfw_landmarks, load_aligned_crops
+
+    image_dir = shared_data / "lfw" / "lfw-deepfunneled"
+    rels = ["Aaron_Sorkin/Aaron_Sorkin_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0001.jpg", "AJ_Cook/AJ_Cook_0001.jpg"]
+    lmk = [
+        [[100, 115], [148, 114], [124, 140], [104, 162], [146, 161]],
+        [[98, 112], [150, 113], [125, 138], [102, 160], [148, 162]],
+    ]
+    journal = tmp_path / "faces.jsonl"
+    lines = [{"source": r, "status": "ok", "faces": [{"landmarks": p}]} for r, p in zip(rels[:2], lmk, strict=True)]
+    lines.append({"source": rels[2], "status": "failed", "reason": "no face detected", "faces": []})
+    journal.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    known = read_face_journal(journal)
+    assert sorted(known) == sorted(rels[:2])
+    points, counts = lfw_landmarks(image_dir, rels, known, detect=False)
+    assert counts == {"given": 2, "detected": 0, "fallback": 1}
+    np.testing.assert_allclose(points[2], np.mean(lmk, axis=0))
+    crops = load_aligned_crops(image_dir, rels, points, 150, "dlib_150")
+    assert crops.shape == (3, 150, 150, 3)
+    np.testing.assert_array_equal(
+        crops[0], align_face(read_image(image_dir / rels[0], "rgb"), points[0], 150, "dlib_150")
+    )

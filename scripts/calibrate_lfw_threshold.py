@@ -20,18 +20,16 @@ import numpy as np
 
 
 def main() -> None:
-    from fuseface.align.pipeline import read_face_journal
     from fuseface.data.lfw import lfw_pairs_protocol, pair_image_index, read_pairs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, required=True)
     ap.add_argument("--features", type=Path, required=True)
-    ap.add_argument("--only-landmarks", type=Path, default=None, help="faces.jsonl: keep only pairs it covers")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     pairs = read_pairs(args.root / "pairs.txt")
-    paths, i1, i2, issame = pair_image_index(pairs)
+    _, i1, i2, issame = pair_image_index(pairs)
     feats = np.load(args.features)
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     cos = (unit[i1] * unit[i2]).sum(1)
@@ -45,21 +43,6 @@ def main() -> None:
         "tar": float((cos[issame] >= threshold).mean()),
         "far": float((cos[~issame] >= threshold).mean()),
     }
-    if args.only_landmarks is not None:
-        known = read_face_journal(args.only_landmarks)
-        keep = np.array([paths[a] in known and paths[b] in known for a, b in zip(i1, i2, strict=True)])
-        sub_cos, sub_same = cos[keep], issame[keep]
-        res["covered_pairs"] = int(keep.sum())
-        res["covered_accuracy_at_threshold"] = float(((sub_cos >= threshold) == sub_same).mean())
-        # 10-fold protocol restricted to the covered pairs (folds keep their View-2 membership)
-        folds = np.array([p.fold for p in pairs])[keep]
-        accs = []
-        for k in range(10):
-            test, train = folds == k, folds != k
-            cands = np.unique(np.round(sub_cos[train], 4))
-            best = max(cands, key=lambda t: ((sub_cos[train] >= t) == sub_same[train]).mean())
-            accs.append(((sub_cos[test] >= best) == sub_same[test]).mean())
-        res["covered_10fold_accuracy"] = float(np.mean(accs))
     print(json.dumps(res, indent=2))
     if args.out:
         args.out.write_text(json.dumps(res, indent=2) + "\n")

@@ -39,10 +39,30 @@ ARCFACE_TEMPLATE_112 = np.array(
 )
 
 
+#: Where the MTCNN 5 points (same order) fall in dlib's 150 x 150 face chip (``get_face_chip_details``
+#: with ``size=150, padding=0.25``, the crop ``dlib_face_recognition_resnet_model_v1`` was trained on).
+#: dlib defines that chip on its own 5 landmarks (eye corners and the point under the nose); these
+#: are the MTCNN landmarks mapped through dlib's chip transform, averaged over real photos
+#: (``scripts/fit_dlib_template.py``).
+DLIB_TEMPLATE_150 = np.array(
+    [
+        [47.7, 47.1],
+        [100.3, 47.1],
+        [74.0, 80.0],
+        [55.0, 103.0],
+        [93.0, 103.0],
+    ],
+    dtype=np.float64,
+)
+
+
 #: Named 5-point templates: ``name -> (points (5, 2) in the order above, side of the crop they
 #: are defined on)``. A model file names its template (``ModelMeta.template``), so every photo path
 #: aligns faces the way that model was trained. Add one with :func:`register_template`.
-TEMPLATES: dict[str, tuple[np.ndarray, int]] = {"arcface": (ARCFACE_TEMPLATE_112, 112)}
+TEMPLATES: dict[str, tuple[np.ndarray, int]] = {
+    "arcface": (ARCFACE_TEMPLATE_112, 112),
+    "dlib_150": (DLIB_TEMPLATE_150, 150),
+}
 
 
 def register_template(name: str, points: np.ndarray, size: int) -> None:

@@ -128,7 +128,9 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMet
     """Read the tensors and metadata of a model file, with a clear error when it is not one."""
     from safetensors import safe_open
 
-    path = Path(path)
+    from fuseface.infer.pretrained import resolve_model_path
+
+    path = resolve_model_path(path)  # a pretrained name such as "dlib-resnet" -> its cached file
     if not path.is_file():
         raise CheckpointError(f"{path}: model file not found")
     try:

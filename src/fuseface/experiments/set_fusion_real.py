@@ -282,6 +282,8 @@ def evaluate_store(
 
 def _fmt(row: dict[str, Any], k: str) -> str:
     lo, hi = row[k + "_ci"]
+    if k == "dprime":
+        return f"{row[k]:.2f} [{lo:.2f}, {hi:.2f}]"
     return f"{100 * row[k]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
@@ -296,8 +298,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"**{setting}** (clean fraction {p:g}); values in %, 95 % bootstrap intervals over identities",
             "",
-            "| N | ids | method | AUC | TAR@FAR=1e-3 | TAR@FAR=1e-2 | rank-1 |",
-            "|---|---|---|---|---|---|---|",
+            "| N | ids | method | AUC | TAR@FAR=1e-3 | TAR@FAR=1e-2 | rank-1 | d' |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
@@ -309,9 +311,10 @@ def markdown(result: dict[str, Any]) -> str:
                 continue
             lo, hi = c["difference_ci"]
             alo, ahi = c["average_difference_ci"]
+            u = 1 if c["metric"] == "dprime" else 100
             lines.append(
-                f"| {c['size']} | {c['metric']} | {100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                f" ({c['best_pooling']}) | {100 * c['average_difference']:+.1f} [{100 * alo:+.1f}, {100 * ahi:+.1f}] |"
+                f"| {c['size']} | {c['metric']} | {u * c['difference']:+.2f} [{u * lo:+.2f}, {u * hi:+.2f}]"
+                f" ({c['best_pooling']}) | {u * c['average_difference']:+.2f} [{u * alo:+.2f}, {u * ahi:+.2f}] |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -161,3 +161,10 @@ def test_real_store_train_fuse_evaluate(tiny_store: dict[str, Path]) -> None:
         "caface",
         "caface_stream",
     }
+
+
+def test_demo_real_section_says_why_when_lfw_is_missing(tmp_path: Path) -> None:
+    from fuseface.experiments.set_fusion import real_face_section
+
+    text = real_face_section(tmp_path / "no_lfw", tmp_path / "out")
+    assert "Skipped: no LFW folder" in text and str(tmp_path / "no_lfw") in text

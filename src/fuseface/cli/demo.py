@@ -24,6 +24,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         set_fusion: bool = typer.Option(
             True, "--set-fusion/--no-set-fusion", help="Add the set-fusion (CAFace vs. pooling) section when available."
         ),
+        lfw: Path | None = typer.Option(
+            None,
+            "--lfw",
+            help="LFW folder for the real-face set-fusion section (default: ../shared/data/lfw; not with --quick).",
+        ),
     ) -> None:
         """Generate synthetic faces, train a small backbone on CPU, evaluate held-out verification, write a report."""
         from fuseface.experiments.demo import run_demo
@@ -31,4 +36,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if engine not in ("auto", "builtin", "engine"):
             raise typer.BadParameter("--engine must be auto, builtin or engine")
         report = run_demo(out, quick=quick, progress=progress, engine=engine, set_fusion=set_fusion)
+        if set_fusion and (lfw is not None or not quick):
+            from fuseface.experiments.set_fusion import real_face_section
+
+            section = real_face_section(lfw or Path("../shared/data/lfw"), out / "set_fusion_real", progress=progress)
+            with open(report, "a", encoding="utf-8") as fh:
+                fh.write("\n" + section)
         typer.echo(f"report written to {report}")

@@ -316,3 +316,106 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+#: Mean MTCNN landmarks (left eye, right eye, nose, mouth corners) of 6,624 detected LFW
+#: deep-funneled photos (250 x 250), for aligning LFW when no ``fuseface align`` journal is given.
+LFW_MEAN_LANDMARKS = [[104.99, 113.43], [147.07, 112.47], [126.33, 137.51], [108.28, 159.3], [145.48, 158.5]]
+
+
+def real_face_section(
+    lfw: str | Path | None,
+    out_dir: str | Path,
+    *,
+    landmarks: str | Path | None = None,
+    caface: str | Path | None = None,
+    model: str = "dlib-resnet",
+    identities: int = 60,
+    train_steps: int = 60,
+    seed: int = 0,
+    progress: bool = True,
+) -> str:
+    """Markdown section "set fusion on real faces": LFW people with >= 8 photos (``identities`` of
+    them, 8 photos each, half held out), dlib's ResNet, clean + 2 surveillance-degraded copies,
+    CAFace (``caface`` weights, else ``train_steps`` steps on the training half) vs pooling at set
+    sizes 1, 2, 4 on the held-out half. Says why it is skipped when LFW or the model is missing."""
+    from fuseface.data.photo_sets import identity_photos, identity_split, split_source, write_split
+    from fuseface.data.transforms import SurveillanceDegradation
+    from fuseface.experiments.set_fusion_real import evaluate_store, markdown
+    from fuseface.infer.extract_features import extract_features, load_backbone_meta
+    from fuseface.infer.pretrained import is_fetched
+
+    header = "## Set fusion on real faces (LFW, dlib ResNet)\n\n"
+    root = Path(lfw) if lfw else None
+    if root is not None and (root / "lfw-deepfunneled").is_dir():
+        root = root / "lfw-deepfunneled"
+    if root is None or not root.is_dir():
+        return header + f"Skipped: no LFW folder (given: {lfw}); pass `--lfw PATH` (one sub-folder per person).\n"
+    if model == "dlib-resnet" and not is_fetched(model):
+        return header + "Skipped: the real model is not fetched; run `fuseface models fetch dlib-resnet` once.\n"
+    out = Path(out_dir)
+    people = identity_photos(root)
+    chosen = sorted(p for p in people if len(people[p]) >= 8)[:identities]
+    split = identity_split({p: people[p] for p in chosen}, min_photos=8, max_photos=8, seed=seed)
+    split_path = write_split(out / "split.json", split)
+    journal = Path(landmarks) if landmarks else out / "mean_landmarks.jsonl"
+    if not landmarks:
+        rec = {
+            "source": people[chosen[0]][0],
+            "status": "ok",
+            "faces": [{"score": float("nan"), "landmarks": LFW_MEAN_LANDMARKS}],
+        }
+        journal.write_text(json.dumps(rec) + "\n")
+    net, meta = load_backbone_meta(model)
+    source, store_meta = split_source(split, root, journal, meta.template, meta.input_size)
+    if not landmarks:
+        store_meta["landmark_source"] = ["lfw_mean"] * len(source)
+    store = extract_features(
+        net,
+        source,
+        out / "store",
+        augment_copies=2,
+        degradation=SurveillanceDegradation(),
+        seed=seed,
+        input_size=meta.input_size,
+        pixel_mean=meta.pixel_mean,
+        pixel_std=meta.pixel_std,
+        shard_size=256,
+        progress=progress,
+        meta={**store_meta, "split": str(split_path), "model": model},
+    )
+    assert store is not None
+    weights = Path(caface) if caface else None
+    if weights is None:
+        from fuseface.train.config import config_from_dict
+        from fuseface.train.trainer import train
+
+        cfg = config_from_dict(
+            {
+                "task": "caface",
+                "out_dir": str(out / "caface"),
+                "caface": {"store": str(out / "store"), "set_size": 16, "seed": seed},
+                "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "clip_grad_norm": 0.0},
+                "schedule": {"name": "constant"},
+                "train": {"steps": train_steps, "batch_size": 16, "num_threads": 1, "seed": seed},
+                "data": {"num_workers": 0},
+                "checkpoint": {"every": 0},
+                "log": {"every": 10, "tensorboard": False, "progress": progress},
+            }
+        )
+        weights = Path(train(cfg).model_path)
+    result = evaluate_store(
+        out / "store",
+        weights,
+        sizes=(1, 2, 4),
+        repetitions=3,
+        bootstrap=100,
+        min_identities=5,
+        seed=seed,
+        progress=progress,
+    )
+    note = (
+        f"{len(split['train'])} training / {len(split['test'])} held-out people, 8 photos each, clean + 2 "
+        f"degraded copies; CAFace weights: `{weights}`. Full benchmark: `benchmarks/set_fusion_real.py`.\n\n"
+    )
+    return header + note + markdown(result)

@@ -9,7 +9,8 @@ A :class:`TrackStream` receives a track's faces one frame at a time and keeps on
   feature norm, the quality signal the models learn, METHODS.md §3.5);
 * a few numbers per frame (index, box, detector score, norm, and for CAFace the M assignment weights
   of the face in its chunk) so the track JSON can list every frame with its quality and fusion weight.
-  With ``keep_features=True`` (used by the CAFace-demo plot) the features are kept too.
+  With ``keep_features=True`` (used by the CAFace-demo plot) the features (and CAFace styles) are
+  kept too.
 
 Per-frame fusion weights (what each frame contributes to the template before the final L2
 normalisation, reported normalised to sum 1):
@@ -97,6 +98,7 @@ class TrackStream:
         self._best: list[tuple[float, int, np.ndarray]] = []
         self._sum: np.ndarray | None = None
         self.kept_features: list[np.ndarray] | None = [] if keep_features else None
+        self.kept_styles: list[np.ndarray] | None = [] if keep_features and method == "caface" else None
         self._caface = None
         if method == "caface":
             caface.eval()
@@ -116,6 +118,8 @@ class TrackStream:
         self.records.append(FrameRecord(int(frame), [float(v) for v in box], float(score), norm))
         if self.kept_features is not None:
             self.kept_features.append(feature.copy())
+        if self.kept_styles is not None and style is not None:
+            self.kept_styles.append(np.asarray(style, np.float32).copy())
         if crop is not None and self.keep_best > 0:
             item = (norm, int(frame), np.asarray(crop))
             if len(self._best) < self.keep_best:
@@ -212,3 +216,7 @@ class TrackStream:
         if self.kept_features is None:
             raise ValueError("features were not kept (keep_features=False)")
         return np.stack(self.kept_features) if self.kept_features else np.zeros((0, 0), np.float32)
+
+    def styles(self) -> np.ndarray | None:
+        """Every CAFace style (N, C, 2), when ``keep_features`` was set with ``caface``."""
+        return np.stack(self.kept_styles) if self.kept_styles else None

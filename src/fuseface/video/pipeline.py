@@ -71,6 +71,7 @@ class Track:
     template: np.ndarray
     best: list[tuple[int, float, np.ndarray]]
     features: np.ndarray | None = None
+    styles: np.ndarray | None = None
     person: int = -1
     identity: str | None = None
     similarity: float | None = None
@@ -262,4 +263,5 @@ def _finalise(track_id: int, stream: TrackStream) -> Track:
         template=template,
         best=stream.best_frames(),
         features=stream.features() if stream.kept_features is not None else None,
+        styles=stream.styles(),
     )

@@ -90,8 +90,13 @@ def analyse_video(
     files = write_outputs(result, out)
     report = VideoReport(result, files, notes=notes)
     if plot and result.tracks:
-        report.reference = _reference_plot(result, Path(out), opts)
-        files["reference_plot"] = Path(out) / "reference_plot.png"
+        from fuseface.errors import DataError
+
+        try:
+            report.reference = _reference_plot(result, Path(out), opts)
+            files["reference_plot"] = Path(out) / "reference_plot.png"
+        except DataError as exc:
+            report.notes.append(f"no reference plot: {exc}")
     return report
 
 

@@ -18,6 +18,9 @@ the frames it held), then reports the damage with the file and frame index:
 * ``on_damage="raise"``: :class:`VideoDecodeError` (a :class:`~fuseface.errors.DataError`) after
   the frames before the damage have been yielded.
 
+The frame the damage falls into may come out partly decoded (FFmpeg conceals what it could not
+read and OpenCV reports success); every earlier frame is intact.
+
 A file that cannot be opened at all raises :class:`VideoDecodeError` at once. This is the case of an
 MP4 cut before its ``moov`` index, which writers (OpenCV's included) put at the end of the file:
 FFmpeg needs it to find any frame, so nothing can be recovered from such a file.

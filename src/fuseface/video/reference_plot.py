@@ -33,7 +33,7 @@ __all__ = ["ReferenceComparison", "compare_to_reference", "plot_reference", "spl
 
 
 def split_reference(
-    norms: np.ndarray, frames: np.ndarray, fraction: float = 0.1, min_count: int = 5, exclusion: int = 5
+    norms: np.ndarray, frames: np.ndarray, fraction: float = 0.1, min_count: int = 3, exclusion: int = 5
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(reference indices, probe indices)`` into a track's frames (see the module docstring)."""
     norms = np.asarray(norms, np.float64)
@@ -82,7 +82,7 @@ def compare_to_reference(
     caface: Any = None,
     chunk_size: int = 64,
     fraction: float = 0.1,
-    min_count: int = 5,
+    min_count: int = 3,
     exclusion: int = 5,
 ) -> ReferenceComparison:
     """Split one track into reference and probe and fuse the probe with every available method.

@@ -266,12 +266,10 @@ def test_video_command_writes_outputs(synthetic_video, tiny_model, tmp_path):
     from fuseface.cli.main import build_app
     from fuseface.infer.model_file import save_model
 
-    path, truth = synthetic_video
+    path, _ = synthetic_video
     model_file = save_model(tmp_path / "m.safetensors", tiny_model.net, tiny_model.meta)
     out = tmp_path / "out"
-    res = CliRunner().invoke(
-        build_app(), ["video", str(path), "--out", str(out), "-m", str(model_file), "--plot"]
-    )
+    res = CliRunner().invoke(build_app(), ["video", str(path), "--out", str(out), "-m", str(model_file), "--plot"])
     assert res.exit_code == 0, res.output
     tracks = sorted((out / "tracks").glob("track_*.json"))
     data = np.load(out / "templates.npz")

@@ -9,8 +9,10 @@ pixel-centre convention ``p = (p' + 0.5) / scale - 0.5``. The crop is then warpe
 the up-sampled copy would only interpolate twice).
 
 :class:`FaceEmbedder` turns a frame's detections into aligned crops at the model's input size and
-embeds them through :class:`fuseface.infer.embedder.FaceModel` (``embed_aligned``), or through
-:func:`fuseface.infer.extract_features.embed_with_styles` when the fusion needs CAFace styles.
+embeds them through :class:`fuseface.infer.embedder.FaceModel` (``embed_aligned``; the crops use
+the model's alignment template, ``FaceModel.template``), and, when the
+fusion needs CAFace styles, computes them from the same forward pass
+(:func:`fuseface.infer.extract_features.stage_styles`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from fuseface.align.detector import FaceDetector
 from fuseface.align.mtcnn import Detections
@@ -80,7 +83,7 @@ class FaceEmbedder:
         min_score: detections below this detector score are dropped.
         min_side: boxes with a shorter side (in original pixels) are dropped.
         with_styles: also return CAFace style statistics (the backbone must accept
-            ``return_stages=True``).
+            ``return_stages=True``) of the stage outputs ``style_stages`` (0-based).
     """
 
     def __init__(
@@ -90,28 +93,38 @@ class FaceEmbedder:
         min_score: float = 0.9,
         min_side: float = 0.0,
         with_styles: bool = False,
+        style_stages: tuple[int, ...] = (1, 2),
     ) -> None:
         self.model = model
         self.detector = detector
         self.min_score = float(min_score)
         self.min_side = float(min_side)
         self.with_styles = with_styles
+        self.style_stages = tuple(style_stages)
+
+    @torch.inference_mode()
+    def _embed_with_styles(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and styles from one pass, the input prepared exactly as ``embed_aligned`` does
+        (the model file's channel order and pixel normalisation)."""
+        from fuseface.infer.extract_features import stage_styles
+
+        emb, maps = self.model.net(self.model.to_input(crops), return_stages=True)
+        return emb.float().cpu().numpy(), stage_styles(maps, self.style_stages).cpu().numpy()
 
     def __call__(self, image: np.ndarray) -> FrameFaces:
         det = self.detector.detect(image)
         side = np.minimum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
         keep = np.flatnonzero((det.scores >= self.min_score) & (side >= self.min_side))
         size = int(self.model.input_size)
-        crops = np.stack([align_face(image, det.landmarks[i], size) for i in keep]) if len(keep) else None
+        template = getattr(self.model, "template", "arcface")
+        crops = np.stack([align_face(image, det.landmarks[i], size, template) for i in keep]) if len(keep) else None
         styles = None
         if crops is None:
             dim = int(getattr(self.model.net, "num_features", 0) or 0)
             feats = np.zeros((0, dim), np.float32)
             crops = np.zeros((0, size, size, 3), np.uint8)
         elif self.with_styles:
-            from fuseface.infer.extract_features import embed_with_styles
-
-            feats, styles = embed_with_styles(self.model.net, list(crops), self.model.channel_order, input_size=size)
+            feats, styles = self._embed_with_styles(crops)
         else:
             feats, _ = self.model.embed_aligned(crops)
         feats = np.asarray(feats, np.float32)

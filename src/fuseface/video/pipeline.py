@@ -142,6 +142,12 @@ def _load_caface(options: VideoOptions, model: Any) -> Any:
     return module
 
 
+def _style_stages(caface: Any) -> tuple[int, ...]:
+    """The backbone stages the CAFace file was trained on (its ``extra["stages"]``; else CAFace's (1, 2))."""
+    extra = getattr(caface, "fusion_extra", None) or {}
+    return tuple(int(i) for i in extra.get("stages", (1, 2)))
+
+
 def _default_detector(options: VideoOptions) -> Any:
     from fuseface.align.mtcnn import MTCNN
     from fuseface.video.faces import UpsampledDetector
@@ -181,6 +187,7 @@ def process_video(
         min_score=options.min_score,
         min_side=options.min_side,
         with_styles=caface is not None,
+        style_stages=_style_stages(caface),
     )
     max_gap = options.max_gap if options.max_gap is not None else max(1, round(reader.fps))
     tracker = Tracker(

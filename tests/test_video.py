@@ -209,10 +209,11 @@ def test_cluster_templates_groups_people_and_keeps_simultaneous_tracks_apart():
     centres = rng.normal(size=(2, 32))
     temps = np.stack([centres[i] + 0.1 * rng.normal(size=32) for i in (0, 1, 0, 1)])
     assert list(cluster_templates(temps, 0.5)) == [0, 1, 0, 1]
-    # tracks 0 and 2 overlap in time: never the same person, even with identical templates
+    # tracks 0 and 2 share frame 7: never the same person, even with identical templates; tracks
+    # 0 and 1 overlap in span but share no frame (a split track): merged
     same = np.stack([centres[0], centres[0], centres[0]])
-    spans = [(0, 10), (20, 30), (5, 15)]
-    labels = cluster_templates(same, 0.5, spans)
+    frames = [[0, 2, 4, 7], [3, 5, 20], [7, 8]]
+    labels = cluster_templates(same, 0.5, frames)
     assert labels[0] != labels[2] and labels[0] == labels[1]
 
 
@@ -305,3 +306,35 @@ def test_caface_clip_gives_one_face_track(shared_data, tiny_model):
     assert len(longest) >= 0.9 * result.frames_read
     sides = [b[2] - b[0] for b in longest.boxes]
     assert 12 <= np.median(sides) <= 20
+
+
+def test_synthetic_video_identities_with_real_model(shared_data, real_model, tmp_path):
+    """Enrolled people are recognised: each track gets the right name from a gallery of *other*
+    photos of them; a person not enrolled stays unknown (open set)."""
+    import shutil
+
+    from fuseface.video.identify import PhotoGallery
+    from fuseface.video.pipeline import VideoOptions, process_video
+    from fuseface.video.synthetic import make_synthetic_video
+
+    path = tmp_path / "people.avi"
+    # 40-55 px faces: the 128-d dlib model separates these three people from there on
+    truth = make_synthetic_video(path, _photos(shared_data), frames_per_person=10, size=(320, 240), face_side=110)
+    root = shared_data / "lfw" / "lfw-deepfunneled"
+    for name in PEOPLE[:2]:  # the third person is not enrolled
+        (tmp_path / "gallery" / name).mkdir(parents=True)
+        for k in (2, 3):
+            shutil.copy(root / name / f"{name}_{k:04d}.jpg", tmp_path / "gallery" / name)
+    gallery = PhotoGallery.from_folder(tmp_path / "gallery", real_model)
+    result = process_video(path, real_model, VideoOptions(stride=2), gallery=gallery)
+    assert len(result.tracks) == len(truth)
+    for appearance in truth:
+        (track,) = [
+            t
+            for t in result.tracks
+            if appearance.start <= np.median(t.frames) <= appearance.end
+            and (np.mean([b[0] for b in t.boxes]) > 100) == bool(appearance.lane)
+        ]
+        expected = appearance.name if appearance.name in PEOPLE[:2] else None
+        assert track.identity == expected, (appearance, track.similarity)
+    assert len({t.person for t in result.tracks}) == len(truth)  # three different people

@@ -6,8 +6,10 @@ on the cosine distance ``1 - cos`` between L2-normalised templates, cut at dista
 threshold. Without a gallery the threshold is the model's calibrated same-person cosine
 (``extra["threshold"]`` of the model file, else :data:`fuseface.infer.embedder.DEFAULT_THRESHOLD`),
 i.e. the operating point at which ``FaceModel.compare`` calls two faces the same person.
-Tracks that overlap in time can never be the same person: their distance is set to the maximum
-(2) before clustering, which average linkage then carries into every merge involving them.
+Tracks seen in the same frame can never be the same person: their distance is set to the maximum
+(2) before clustering, which average linkage then weighs into every merge involving them. (Tracks
+that merely overlap in span — one face whose track was split and restarted while the old one was
+still waiting out its gap — do share no frame and can still be merged.)
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ def model_threshold(model: object) -> float:
 
 
 def cluster_templates(
-    templates: np.ndarray, threshold: float, spans: Sequence[tuple[int, int]] | None = None
+    templates: np.ndarray, threshold: float, frames: Sequence[Sequence[int]] | None = None
 ) -> np.ndarray:
     """Cluster labels (N,) 0..P-1 (first appearance order) of N templates (N, D).
 
-    ``spans``: optional ``(first frame, last frame)`` per template; templates whose spans overlap
-    are kept apart (one face cannot be two tracks at the same moment).
+    ``frames``: optional frame indices per template; templates that share a frame are kept apart
+    (one person cannot be two faces of the same frame).
     """
     t = np.asarray(templates, np.float64)
     n = len(t)
@@ -47,10 +49,12 @@ def cluster_templates(
 
     unit = t / (np.linalg.norm(t, axis=1, keepdims=True) + 1e-12)
     dist = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
-    if spans is not None:
-        s = np.asarray(spans, np.float64).reshape(n, 2)
-        overlap = (s[:, None, 0] <= s[None, :, 1]) & (s[None, :, 0] <= s[:, None, 1])
-        dist[overlap] = 2.0
+    if frames is not None:
+        sets = [set(int(f) for f in fr) for fr in frames]
+        for i in range(n):
+            for j in range(i + 1, n):
+                if not sets[i].isdisjoint(sets[j]):
+                    dist[i, j] = dist[j, i] = 2.0
     np.fill_diagonal(dist, 0.0)
     raw = fcluster(linkage(squareform(dist, checks=False), method="average"), t=1.0 - threshold, criterion="distance")
     # relabel in order of first appearance

@@ -27,16 +27,21 @@ from fuseface.errors import ConfigError
 from fuseface.video.decode import VideoReader
 from fuseface.video.fuse import STREAM_METHODS, TrackStream
 
-__all__ = ["Track", "VideoOptions", "VideoResult", "process_video"]
+__all__ = ["GATE_MARGIN", "Track", "VideoOptions", "VideoResult", "process_video"]
+
+#: The tracker's appearance gate is the model's threshold minus this (see :class:`VideoOptions`).
+GATE_MARGIN = 0.1
 
 
 @dataclass
 class VideoOptions:
     """Settings of :func:`process_video` (defaults suit the 120x66 CAFace clip and ordinary video).
 
-    ``max_gap`` (frames) defaults to one second of video; ``min_cosine`` (the tracker's appearance
-    gate) and ``threshold`` (clustering / identification) default to the model's calibrated
-    threshold. ``upsample`` resizes frames before detection; ``min_face_size`` is MTCNN's.
+    ``max_gap`` (frames) defaults to one second of video; ``threshold`` (clustering /
+    identification) defaults to the model's calibrated threshold, and ``min_cosine`` (the tracker's
+    appearance gate) to that threshold minus :data:`GATE_MARGIN`: the gate only has to reject
+    implausible continuations, and a same-person verification threshold would split a track at
+    every badly blurred frame. ``upsample`` resizes frames before detection; ``min_face_size`` is MTCNN's.
     """
 
     stride: int = 1
@@ -193,7 +198,7 @@ def process_video(
     tracker = Tracker(
         max_gap=max_gap,
         min_iou=options.min_iou,
-        min_cosine=threshold if options.min_cosine is None else options.min_cosine,
+        min_cosine=threshold - GATE_MARGIN if options.min_cosine is None else options.min_cosine,
     )
     streams: dict[int, TrackStream] = {}
     finished: list[Track] = []
@@ -237,9 +242,7 @@ def process_video(
             for t in finished:
                 match = gallery.identify(t.template, threshold)
                 t.identity, t.similarity = match.identity, match.similarity
-        labels = cluster_templates(
-            np.stack([t.template for t in finished]), threshold, [(t.frames[0], t.frames[-1]) for t in finished]
-        )
+        labels = cluster_templates(np.stack([t.template for t in finished]), threshold, [t.frames for t in finished])
         for t, label in zip(finished, labels, strict=True):
             t.person = int(label)
     return VideoResult(

@@ -132,10 +132,13 @@ def plot_reference(comp: ReferenceComparison, path: str | Path, title: str = "")
         for m, value in comp.fused.items():
             color, ls = styles.get(m, ("black", "-"))
             ax.axhline(value, color=color, ls=ls, lw=1.5, label=f"fused {m}: {value:.3f}")
+        values = [*comp.fused.values(), float(comp.cosines.min()), float(comp.cosines.max())]
+        pad = 0.08 * (max(values) - min(values) + 1e-3)
+        ax.set_ylim(min(values) - pad, max(values) + 4 * pad)  # room for the legend above the lines
         ax.set_xlabel("frame")
         ax.set_ylabel("cosine to reference")
         ax.set_title(f"coloured by {method} weight")
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8, ncol=2)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

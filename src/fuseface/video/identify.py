@@ -34,10 +34,13 @@ class Match:
 class PhotoGallery:
     """Gallery templates (P, D) built from a photo folder; :meth:`identify` matches templates."""
 
-    def __init__(self, names: list[str], templates: np.ndarray, skipped: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, names: list[str], templates: np.ndarray, skipped: dict[str, str] | None = None, source: str = ""
+    ) -> None:
         self.names = names
         self.templates = np.asarray(templates, np.float32)
         self.skipped = skipped or {}
+        self.source = source
 
     @classmethod
     def from_folder(cls, folder: str | Path, model: Any) -> PhotoGallery:
@@ -62,7 +65,7 @@ class PhotoGallery:
                 temps.append(fuse_features(res.embeddings[rows], method="average"))
         if not names:
             raise DataError(f"{folder}: no face found in any gallery photo")
-        return cls(names, np.stack(temps), skipped)
+        return cls(names, np.stack(temps), skipped, source=str(folder))
 
     def identify(self, template: np.ndarray, threshold: float) -> Match:
         """Best gallery identity if its cosine is >= ``threshold``, else unknown (``None``)."""

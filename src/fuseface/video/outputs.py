@@ -82,6 +82,7 @@ def write_outputs(result: VideoResult, out: str | Path) -> dict[str, Path]:
         "frames_read": result.frames_read,
         "faces": result.faces,
         "damage": result.damage,
+        "gallery": result.gallery,
         "threshold": result.threshold,
         "seconds": round(result.seconds, 3),
         "options": _options_json(result),

@@ -338,3 +338,27 @@ def test_synthetic_video_identities_with_real_model(shared_data, real_model, tmp
         expected = appearance.name if appearance.name in PEOPLE[:2] else None
         assert track.identity == expected, (appearance, track.similarity)
     assert len({t.person for t in result.tracks}) == len(truth)  # three different people
+
+
+def test_caface_fusion_in_the_pipeline(synthetic_video, tiny_model, tmp_path):
+    """``--fusion caface``: styles come from the same pass as the features, and each track's
+    template is CAFace's one-shot template of its faces; a file for another feature size is refused."""
+    from fuseface.errors import ConfigError
+    from fuseface.nn.fusion import load_fusion, save_fusion
+    from fuseface.nn.fusion.caface import CAFace
+    from fuseface.video.pipeline import VideoOptions, process_video
+
+    path, truth = synthetic_video
+    weights = save_fusion(tmp_path / "caface.safetensors", _random_caface(), "caface")
+    opts = VideoOptions(fusion="caface", fusion_weights=weights, chunk_size=64, min_cosine=-1.0, keep_features=True)
+    result = process_video(path, tiny_model, opts)
+    assert len(result.tracks) == len(truth)
+    module = load_fusion(weights)
+    for track in result.tracks:
+        assert track.styles is not None and track.styles.shape == (len(track), 384, 2)
+        expected = module.fuse(track.features, track.styles, chunk_size=64)  # one chunk: same as the stream
+        np.testing.assert_allclose(track.template, expected, atol=1e-5)
+        assert sum(track.weights) == pytest.approx(1.0)
+    other = save_fusion(tmp_path / "c512.safetensors", CAFace(feature_dim=512), "caface")
+    with pytest.raises(ConfigError, match="512-d features, the model gives 64-d"):
+        process_video(path, tiny_model, VideoOptions(fusion="caface", fusion_weights=other))

@@ -320,3 +320,15 @@ class MTCNN(nn.Module):
             det.landmarks = ((det.landmarks + 0.5) * ratio - 0.5).astype(np.float32)
         order = np.argsort(-det.scores, kind="stable")
         return Detections(det.boxes[order], det.scores[order], det.landmarks[order])
+
+
+@torch.inference_mode()
+def faceness(onet: ONet, crops: list[np.ndarray]) -> np.ndarray:
+    """The output network's face probability of whole face crops (uint8 H x W x 3 RGB), each
+    resized (area) to 48 x 48: the detector's confidence in a crop, a per-image quality score
+    for score-weighted template pooling. ``onet`` is e.g. ``MTCNN().onet`` (published weights)."""
+    if not crops:
+        return np.zeros((0,), np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(48, 48), mode="area")
+    return onet(MTCNN._normalise(x))[2][:, 1].numpy().astype(np.float32)

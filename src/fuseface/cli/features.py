@@ -26,30 +26,66 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         batch_size: int = typer.Option(64, help="Images per forward pass"),
         shard_size: int = typer.Option(4096, help="Images per shard"),
         dtype: str = typer.Option("float16", help="float16 (as the official blob) or float32"),
-        input_size: int = typer.Option(112, help="Side of the square input fed to the model"),
+        input_size: int = typer.Option(0, help="Side of the square input fed to the model (0: the model's own)"),
+        split: str = typer.Option("", help="Identity split file (`features split`): DATA is then the photo folder"),
+        landmarks: str = typer.Option("", help="With --split: the `fuseface align` journal (faces.jsonl)"),
+        template: str = typer.Option("", help="With --split: alignment template (default: the model's own)"),
+        degrade: str = typer.Option("caface", help="Augmented copies: caface (precompute recipe) | surveillance"),
+        scores: str = typer.Option("none", help="Per-copy quality score: none | onet (MTCNN faceness)"),
+        threads: int = typer.Option(0, help="torch threads (0: leave as is)"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Run a frozen backbone over a dataset: un-normalised embeddings + style statistics, sharded, resumable."""
-        from fuseface.infer.extract_features import extract_features, load_backbone, open_source
+        from fuseface.infer.extract_features import extract_features, extract_options, load_backbone_meta
 
-        net, order = load_backbone(model)
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        net, model_meta = load_backbone_meta(model)
+        opts = extract_options(model_meta, data, split, landmarks, template, degrade, scores, input_size)
+        store_meta = {"model": model, "data": data, "split": split, **opts.pop("meta")}
         store = extract_features(
             net,
-            open_source(data),
+            opts.pop("source"),
             out,
-            channel_order=channel_order or order,
+            channel_order=channel_order or model_meta.channel_order,
             stages=tuple(int(s) for s in stages.split(",") if s.strip()),
             augment_copies=augment_copies,
             seed=seed,
             batch_size=batch_size,
             shard_size=shard_size,
             dtype=dtype,
-            input_size=input_size,
             progress=progress,
-            meta={"model": model, "data": data},
+            **opts,
+            meta=store_meta,
         )
         if store is not None:
             typer.echo(f"store: {out} ({store.num_images} images x {store.copies} copies)")
+
+    @group.command("split")
+    def split_command(
+        photos: str = typer.Argument(..., help="Photo folder with one sub-folder per person (e.g. LFW)"),
+        out: str = typer.Option(..., "--out", "-o", help="Split file to write (JSON)"),
+        min_photos: int = typer.Option(4, help="Only people with at least this many photos"),
+        test_fraction: float = typer.Option(0.5, help="Fraction of those people held out for testing"),
+        max_photos: int = typer.Option(0, help="Keep at most this many photos per person (0: all)"),
+        seed: int = typer.Option(0, help="Split seed"),
+    ) -> None:
+        """Seeded identity-disjoint train / test split of the people of a photo folder."""
+        from fuseface.data.photo_sets import identity_photos, identity_split, write_split
+
+        split = identity_split(
+            identity_photos(photos),
+            min_photos=min_photos,
+            test_fraction=test_fraction,
+            max_photos=max_photos or None,
+            seed=seed,
+        )
+        write_split(out, split)
+        n = {k: (len(split[k]), sum(len(v) for v in split[k].values())) for k in ("train", "test")}
+        (tr_people, tr_photos), (te_people, te_photos) = n["train"], n["test"]
+        typer.echo(f"{out}: train {tr_people} people / {tr_photos} photos, test {te_people} / {te_photos}")
 
     @group.command("info")
     def info_command(store: str = typer.Argument(..., help="Feature store directory")) -> None:

@@ -22,7 +22,7 @@ sizes raises :class:`fuseface.errors.DataError` naming the mismatch.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,8 +107,21 @@ class FeatureStoreWriter:
         """``(shard_id, start, stop)`` of the shards not written yet."""
         return [(i, s, e) for i, (s, e) in enumerate(self.spec.shard_ranges()) if i not in self.done]
 
-    def write_shard(self, shard_id: int, features: Any, styles: Any, labels: Any) -> None:
-        """Write shard ``shard_id`` (rows ``start..stop`` of the store) atomically and record it."""
+    def write_shard(
+        self,
+        shard_id: int,
+        features: Any,
+        styles: Any,
+        labels: Any,
+        extras: Mapping[str, Any] | None = None,
+        copy_params: list[list[dict[str, Any]]] | None = None,
+    ) -> None:
+        """Write shard ``shard_id`` (rows ``start..stop`` of the store) atomically and record it.
+
+        ``extras``: more per-row arrays (n, ...) stored as ``extra.NAME`` (e.g. per-copy degradation
+        kind, severity and detector score, (n, C)); ``copy_params``: per row, per copy, the JSON
+        parameters of how the copy was made (stored in the shard's metadata).
+        """
         from safetensors.torch import save_file
 
         start, stop = self.spec.shard_ranges()[shard_id]
@@ -130,9 +143,19 @@ class FeatureStoreWriter:
             "labels": lab.contiguous(),
             "index": torch.arange(start, stop, dtype=torch.int64),
         }
+        for name, value in (extras or {}).items():
+            arr = np.asarray(value)
+            if arr.shape[:1] != (n,):
+                raise ValueError(f"extra {name!r} has {arr.shape[:1]} rows, shard {shard_id} has {n}")
+            tensors[f"extra.{name}"] = torch.from_numpy(np.ascontiguousarray(arr))
+        metadata = None
+        if copy_params is not None:
+            if len(copy_params) != n:
+                raise ValueError(f"copy_params has {len(copy_params)} rows, shard {shard_id} has {n}")
+            metadata = {"copy_params": json.dumps(copy_params, separators=(",", ":"), default=float)}
         path = self.root / _shard_name(shard_id)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
         tmp.replace(path)
         self.done.add(shard_id)
         self._save_manifest()
@@ -191,6 +214,26 @@ class FeatureStore:
             for key in ("features", "styles"):
                 data[key] = data[key].astype(np.float32)
             yield data
+
+    def load_extras(self) -> dict[str, np.ndarray]:
+        """The ``extra.NAME`` arrays of every shard, concatenated (``{}`` for a store without)."""
+        parts = [{k[6:]: v for k, v in p.items() if k.startswith("extra.")} for p in self.shards()]
+        names = set(parts[0]) if parts else set()
+        return {k: np.concatenate([p[k] for p in parts]) for k in sorted(names)}
+
+    def copy_params(self) -> list[list[dict[str, Any]]]:
+        """Per image, per copy, the parameters recorded at extraction (empty dicts when none)."""
+        from safetensors import safe_open
+
+        out: list[list[dict[str, Any]]] = []
+        for i, (start, stop) in enumerate(self.spec.shard_ranges()):
+            with safe_open(str(self.root / _shard_name(i)), framework="np") as f:
+                meta = f.metadata() or {}
+            if "copy_params" in meta:
+                out.extend(json.loads(meta["copy_params"]))
+            else:
+                out.extend([[{} for _ in range(self.spec.copies)] for _ in range(stop - start)])
+        return out
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = list(self.shards())

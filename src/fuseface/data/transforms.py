@@ -247,7 +247,12 @@ OCCLUSION_REGIONS = ("eyes", "left_eye", "right_eye", "nose", "mouth", "lower_fa
 
 
 def _region_box(
-    name: str, rng: np.random.Generator, height: int, width: int, jitter: float
+    name: str,
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    jitter: float,
+    points: np.ndarray | None = None,
 ) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of a region, defined on the ArcFace 112 x 112 template and scaled to H x W.
 
@@ -256,10 +261,17 @@ def _region_box(
     the tip; mouth ``1.6d x 0.7d`` around the corners; lower face from just below the nose tip to
     the bottom. Each box is scaled by U(1 - jitter, 1 + jitter) and shifted by up to
     ``jitter * d / 2`` in x and y. ``random``: an axis-aligned box covering U(5 %, 25 %) of the
-    image with aspect U(0.5, 2), anywhere.
+    image with aspect U(0.5, 2), anywhere. ``points``: the crop's own 5 template points in pixels
+    (another alignment template, e.g. dlib's 150 x 150 one), used instead of the scaled ArcFace ones.
     """
-    sx, sy = width / 112.0, height / 112.0
-    t = ARCFACE_TEMPLATE_112
+    if points is None:
+        sx, sy = width / 112.0, height / 112.0
+        t = ARCFACE_TEMPLATE_112
+        mid_x, bottom = 56.0, 112.0
+    else:
+        sx = sy = 1.0
+        t = np.asarray(points, dtype=np.float64)
+        mid_x, bottom = width / 2.0, float(height)
     d = float(np.linalg.norm(t[1] - t[0]))
     if name == "random":
         area = rng.uniform(0.05, 0.25) * height * width
@@ -283,8 +295,8 @@ def _region_box(
         bw, bh = 1.6 * d, 0.7 * d
     elif name == "lower_face":
         top = t[2][1] + 0.15 * d
-        cx, cy = 56.0, (top + 112.0) / 2
-        bw, bh = 112.0, 112.0 - top
+        cx, cy = mid_x, (top + bottom) / 2
+        bw, bh = 2 * mid_x, bottom - top
     else:
         raise ValueError(f"unknown occlusion region {name!r}; choose from {OCCLUSION_REGIONS}")
     s = rng.uniform(1 - jitter, 1 + jitter)
@@ -343,6 +355,151 @@ class Occlusion:
         return out, (region, (y0, y1, x0, x1))
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return self.apply(image, rng)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# surveillance-style degradations with recorded parameters (our design)
+# --------------------------------------------------------------------------------------------
+
+#: The degradation kinds of :class:`SurveillanceDegradation` (index = the stored kind id; 0 = clean).
+DEGRADATIONS = (
+    "clean",
+    "gaussian_blur",
+    "motion_blur",
+    "downsample",
+    "jpeg",
+    "noise",
+    "occlusion",
+    "low_light",
+    "adaface",
+)
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of standard deviation ``sigma`` px (out of focus, atmospheric blur)."""
+    return image.copy() if sigma < 1e-3 else cv2.GaussianBlur(image, (0, 0), sigma)
+
+
+def motion_blur(image: np.ndarray, length: int, angle: float) -> np.ndarray:
+    """Linear motion blur: a ``length`` px line kernel rotated by ``angle`` degrees."""
+    k = max(1, int(length))
+    if k == 1:
+        return image.copy()
+    kernel = np.zeros((k, k), np.float32)
+    kernel[k // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), angle, 1.0)
+    kernel = cv2.warpAffine(kernel, rot, (k, k))
+    return cv2.filter2D(image, -1, kernel / max(float(kernel.sum()), 1e-6))
+
+
+def downsample(image: np.ndarray, ratio: float, down: int = cv2.INTER_AREA, up: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Round trip through a ``ratio`` x smaller image (a face far from the camera)."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w * ratio)), max(1, round(h * ratio))), interpolation=down)
+    return cv2.resize(small, (w, h), interpolation=up).reshape(image.shape)
+
+
+def jpeg(image: np.ndarray, quality: int, channel_order: str = "rgb") -> np.ndarray:
+    """JPEG encode / decode at ``quality`` (1..100) with OpenCV (compression blocks, ringing)."""
+    bgr = image[..., ::-1] if channel_order == "rgb" and image.ndim == 3 else image
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV always encodes uint8 arrays
+        raise RuntimeError("cv2.imencode failed")
+    out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return np.ascontiguousarray(out[..., ::-1] if channel_order == "rgb" and out.ndim == 3 else out)
+
+
+def gaussian_noise(image: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """Additive white Gaussian noise of ``std`` grey levels (sensor noise)."""
+    noisy = image.astype(np.float32) + rng.normal(0.0, std, size=image.shape).astype(np.float32)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def low_light(image: np.ndarray, gain: float, gamma: float, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """Under-exposure: ``255 · gain · (x/255)^gamma`` plus sensor noise of ``noise_std`` grey levels."""
+    dark = 255.0 * gain * np.power(image.astype(np.float32) / 255.0, gamma)
+    dark = dark + rng.normal(0.0, noise_std, size=image.shape).astype(np.float32)
+    return np.clip(np.rint(dark), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class SurveillanceDegradation:
+    """One degradation of the kind surveillance video shows, drawn per call with its parameters.
+
+    Our design (not from a paper). ``apply(image, rng) -> (image, params)`` draws a kind uniformly
+    from ``kinds`` and a severity ``s ~ U(0, 1)``, maps it to the parameters below (pixel sizes
+    scale with the image side / 112) and returns them with ``kind``, ``kind_id`` (index in
+    :data:`DEGRADATIONS`) and ``severity``:
+
+    ===============  ==========================================================================
+    gaussian_blur    sigma = (0.5 + 3.5 s) px
+    motion_blur      length = 3 + round(17 s) px, angle ~ U(-90, 90) degrees
+    downsample       side ratio = 1 - 0.85 s (down to 15 %), AREA down, random cv2 interpolation up
+    jpeg             quality = round(90 - 85 s) (90 .. 5)
+    noise            Gaussian std = 4 + 36 s grey levels
+    occlusion        one facial region blanked (:data:`OCCLUSION_REGIONS` boxes); severity = the
+                     blanked fraction of the image
+    low_light        gain = 1 - 0.8 s, gamma = 1 + 1.5 s, noise std = 2 + 8 s
+    adaface          :class:`AdaFaceAugment` with each part at p = 0.5; severity = 1 - min(crop
+                     ratio, low-res ratio)
+    ===============  ==========================================================================
+
+    ``points``: the 5 template points of the aligned crops in pixels, for placing occlusions
+    (default: the ArcFace template scaled to the image).
+    """
+
+    kinds: Sequence[str] = DEGRADATIONS[1:]
+    channel_order: str = "rgb"
+    points: np.ndarray | None = None
+    occlusion_regions: Sequence[str] = ("eyes", "nose", "mouth", "lower_face", "random")
+
+    def __post_init__(self) -> None:
+        self.kinds = tuple(self.kinds)
+        bad = [k for k in self.kinds if k not in DEGRADATIONS[1:]]
+        if bad or not self.kinds:
+            raise ValueError(f"degradation kinds must be a non-empty subset of {DEGRADATIONS[1:]}, got {self.kinds}")
+        self.channel_order = check_channel_order(self.channel_order)
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        s = float(rng.uniform(0.0, 1.0))
+        scale = min(image.shape[:2]) / 112.0
+        params: dict[str, Any] = {"kind": kind, "kind_id": DEGRADATIONS.index(kind), "severity": s}
+        if kind == "gaussian_blur":
+            params["sigma"] = (0.5 + 3.5 * s) * scale
+            out = gaussian_blur(image, params["sigma"])
+        elif kind == "motion_blur":
+            params["length"] = max(1, round((3 + 17 * s) * scale))
+            params["angle"] = float(rng.uniform(-90, 90))
+            out = motion_blur(image, params["length"], params["angle"])
+        elif kind == "downsample":
+            params["ratio"] = 1.0 - 0.85 * s
+            params["up"] = int(rng.integers(len(LOWRES_INTERPOLATIONS)))
+            out = downsample(image, params["ratio"], cv2.INTER_AREA, LOWRES_INTERPOLATIONS[params["up"]])
+        elif kind == "jpeg":
+            params["quality"] = round(90 - 85 * s)
+            out = jpeg(image, params["quality"], self.channel_order)
+        elif kind == "noise":
+            params["std"] = 4.0 + 36.0 * s
+            out = gaussian_noise(image, params["std"], rng)
+        elif kind == "occlusion":
+            region = self.occlusion_regions[int(rng.integers(len(self.occlusion_regions)))]
+            y0, y1, x0, x1 = _region_box(region, rng, image.shape[0], image.shape[1], 0.2, self.points)
+            out = image.copy()
+            out[y0:y1, x0:x1] = 0
+            params.update(region=region, box=[y0, y1, x0, x1])
+            params["severity"] = (y1 - y0) * (x1 - x0) / float(image.shape[0] * image.shape[1])
+        elif kind == "low_light":
+            params.update(gain=1.0 - 0.8 * s, gamma=1.0 + 1.5 * s, noise_std=2.0 + 8.0 * s)
+            out = low_light(image, params["gain"], params["gamma"], params["noise_std"], rng)
+        else:  # adaface
+            out, info = AdaFaceAugment(0.5, 0.5, 0.5, channel_order=self.channel_order).apply(image, rng)
+            params.update(info)
+            params["severity"] = 1.0 - min(info["crop_ratio"], info["lowres_ratio"])
+        return out, params
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.apply(image, rng)[0]
 
 

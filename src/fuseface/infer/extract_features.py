@@ -45,6 +45,7 @@ __all__ = [
     "RecordIOSource",
     "extract_features",
     "load_backbone",
+    "load_backbone_meta",
     "stage_styles",
 ]
 
@@ -66,6 +67,12 @@ def stage_styles(stages: Sequence[torch.Tensor], which: Sequence[int] = (1, 2)) 
 # --------------------------------------------------------------------------------------------
 # sources of uint8 RGB images
 # --------------------------------------------------------------------------------------------
+
+
+class Degradation(Protocol):
+    """``apply(image, rng) -> (degraded image, JSON parameters with kind_id and severity)``."""
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]: ...
 
 
 class ImageSource(Protocol):
@@ -230,6 +237,17 @@ class CAFaceAugmenter:
 # --------------------------------------------------------------------------------------------
 
 
+def load_backbone_meta(spec: str) -> tuple[nn.Module, Any]:
+    """Like :func:`load_backbone`, but returns the :class:`fuseface.infer.model_file.ModelMeta`
+    (channel order, input size, alignment template, pixel mean / std) beside the model."""
+    from fuseface.infer.model_file import ModelMeta, load_model
+
+    if spec.startswith("random:") or spec.split(":", 1)[0] in ("adaface", "insightface"):
+        model, order = load_backbone(spec)
+        return model, ModelMeta(arch=spec.split(":")[1], channel_order=order)
+    return load_model(spec)
+
+
 def load_backbone(spec: str) -> tuple[nn.Module, str]:
     """``(model in eval mode, channel_order)`` from a fuseface model file, ``adaface:ir_101:ckpt``,
     ``insightface:iresnet50:pth`` (official weights through ``fuseface.compat``), or ``random:ir18``
@@ -255,14 +273,20 @@ def load_backbone(spec: str) -> tuple[nn.Module, str]:
     return model, meta.channel_order
 
 
-def _to_input(images: list[np.ndarray], channel_order: str, size: int) -> torch.Tensor:
-    batch = []
-    for im in images:
-        if im.shape[:2] != (size, size):
-            im = cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
-        batch.append(im[..., ::-1] if channel_order == "bgr" else im)
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(batch))).permute(0, 3, 1, 2).float()
-    return (x / 255.0 - 0.5) / 0.5
+def _to_input(
+    images: list[np.ndarray],
+    channel_order: str,
+    size: int,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    from fuseface.infer.embedder import to_input_tensor
+
+    batch = [
+        im if im.shape[:2] == (size, size) else cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
+        for im in images
+    ]
+    return to_input_tensor(np.stack(batch), channel_order, pixel_mean, pixel_std)
 
 
 @torch.inference_mode()
@@ -272,9 +296,13 @@ def embed_with_styles(
     channel_order: str,
     stages: Sequence[int] = (1, 2),
     input_size: int = 112,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Un-normalised embeddings (B, D) and styles (B, ΣC, 2) of uint8 RGB images."""
-    emb, maps = model(_to_input(images, channel_order, input_size), return_stages=True)
+    """Un-normalised embeddings (B, D) and styles (B, ΣC, 2) of uint8 RGB images (normalised with
+    the model's ``pixel_mean`` / ``pixel_std`` when given, else ``(x/255 - 0.5)/0.5``)."""
+    x = _to_input(images, channel_order, input_size, pixel_mean, pixel_std)
+    emb, maps = model(x, return_stages=True)
     return emb.float().numpy(), stage_styles(maps, stages).numpy()
 
 
@@ -295,9 +323,19 @@ def extract_features(
     progress: bool = True,
     max_shards: int | None = None,
     on_shard: Callable[[int], None] | None = None,
+    degradation: Degradation | None = None,
+    scorer: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
 ) -> FeatureStore | None:
     """Write (or resume) the feature store of ``source`` at ``out_dir``; returns it when complete.
 
+    ``degradation``: instead of the CAFace precompute augmentations, copy ``c`` (1..A) of image
+    ``i`` is ``degradation.apply(image, default_rng([seed, i, c]))`` (e.g.
+    :class:`fuseface.data.transforms.SurveillanceDegradation`); its parameters are stored per copy
+    (:meth:`FeatureStore.copy_params`) and its ``kind_id`` / ``severity`` as the extras ``kind`` /
+    ``severity`` (N, C) (copy 0: kind 0, severity 0). ``scorer``: a quality / detector score per
+    image version (list of uint8 RGB crops -> (n,) scores), stored as the extra ``score`` (N, C).
     ``max_shards`` stops after that many new shards (returns None if the store is not complete
     yet), which is how the tests interrupt an extraction.
     """
@@ -307,7 +345,8 @@ def extract_features(
         raise ValueError(f"channel_order must be rgb or bgr, got {order!r}")
     if len(source) == 0:
         raise DataError(f"{out_dir}: the source has no images")
-    probe_emb, probe_sty = embed_with_styles(model, [source[0][0]], order, stages, input_size)
+    norm = {"pixel_mean": pixel_mean, "pixel_std": pixel_std}
+    probe_emb, probe_sty = embed_with_styles(model, [source[0][0]], order, stages, input_size, **norm)
     copies = 1 + augment_copies
     spec = StoreSpec(
         num_images=len(source),
@@ -321,7 +360,10 @@ def extract_features(
             "stages": list(stages),
             "augment_copies": augment_copies,
             "seed": seed,
-            "augmentation": "caface_precompute" if augment_copies else "none",
+            "augmentation": (
+                "none" if not augment_copies else type(degradation).__name__ if degradation else "caface_precompute"
+            ),
+            "scores": getattr(scorer, "__name__", type(scorer).__name__) if scorer is not None else "none",
             **(meta or {}),
         },
     )
@@ -340,22 +382,40 @@ def extract_features(
         feats = np.zeros((stop - start, copies, spec.feature_dim), np.float32)
         styles = np.zeros((stop - start, copies, spec.style_channels, 2), np.float32)
         labels = np.zeros(stop - start, np.int64)
+        kinds = np.zeros((stop - start, copies), np.int64)
+        severity = np.zeros((stop - start, copies), np.float32)
+        scores = np.full((stop - start, copies), np.nan, np.float32)
+        params: list[list[dict[str, Any]]] = []
         queue: list[tuple[int, int, np.ndarray]] = []
 
         def flush(
-            queue: list[tuple[int, int, np.ndarray]] = queue, feats: np.ndarray = feats, styles: np.ndarray = styles
+            queue: list[tuple[int, int, np.ndarray]] = queue,
+            feats: np.ndarray = feats,
+            styles: np.ndarray = styles,
+            scores: np.ndarray = scores,
         ) -> None:
             if not queue:
                 return
-            e, s = embed_with_styles(model, [q[2] for q in queue], order, stages, input_size)
+            e, s = embed_with_styles(model, [q[2] for q in queue], order, stages, input_size, **norm)
             for (row, copy, _), fe, st in zip(queue, e, s, strict=True):
                 feats[row, copy], styles[row, copy] = fe, st
+            if scorer is not None:
+                for (row, copy, _), sc in zip(queue, scorer([q[2] for q in queue]), strict=True):
+                    scores[row, copy] = sc
             queue.clear()
 
         for i in range(start, stop):
             image, label = source[i]
             labels[i - start] = label
-            versions = [image, *augmenter.copies(image, augment_copies, np.random.default_rng([seed, i]))]
+            if degradation is None:
+                versions = [image, *augmenter.copies(image, augment_copies, np.random.default_rng([seed, i]))]
+                params.append([{"kind": "clean"}] + [{"kind": "caface_precompute"}] * augment_copies)
+            else:
+                made = [degradation.apply(image, np.random.default_rng([seed, i, c])) for c in range(1, copies)]
+                versions = [image, *(m[0] for m in made)]
+                params.append([{"kind": "clean", "kind_id": 0, "severity": 0.0}, *(m[1] for m in made)])
+                for c, (_, p) in enumerate(made, start=1):
+                    kinds[i - start, c], severity[i - start, c] = int(p["kind_id"]), float(p["severity"])
             for c, v in enumerate(versions):
                 queue.append((i - start, c, v))
                 if len(queue) >= batch_size:
@@ -368,9 +428,76 @@ def extract_features(
             import warnings
 
             warnings.warn(f"{out_dir}: shard {shard_id} has {bad} images with non-finite features", stacklevel=2)
-        writer.write_shard(shard_id, feats, styles, labels)
+        extras: dict[str, np.ndarray] = {"kind": kinds, "severity": severity} if degradation is not None else {}
+        if scorer is not None:
+            extras["score"] = scores
+        writer.write_shard(shard_id, feats, styles, labels, extras=extras, copy_params=params)
         if on_shard is not None:
             on_shard(shard_id)
     if bar is not None:
         bar.close()
     return FeatureStore(out_dir) if writer.complete else None
+
+
+def extract_options(
+    model_meta: Any,
+    data: str,
+    split: str = "",
+    landmarks: str = "",
+    template: str = "",
+    degrade: str = "caface",
+    scores: str = "none",
+    input_size: int = 0,
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`extract_features` for the command line: the image source
+    (``data`` itself, or with ``split`` the split's photos under ``data`` aligned from the
+    ``landmarks`` journal to ``template``, default the model's), the degradation, the scorer,
+    the input size and pixel normalisation of the model, and the store metadata they imply."""
+    from fuseface.infer.model_file import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD
+
+    size = input_size or int(getattr(model_meta, "input_size", 112))
+    meta: dict[str, Any] = {}
+    if split:
+        from fuseface.data.photo_sets import read_split, split_source
+
+        if not landmarks:
+            raise DataError("--split needs --landmarks (the faces.jsonl journal of `fuseface align`)")
+        tmpl = template or getattr(model_meta, "template", "arcface")
+        source, meta = split_source(read_split(split), data, landmarks, tmpl, size)
+    else:
+        source = open_source(data)
+    degradation = None
+    if degrade == "surveillance":
+        from fuseface.align.similarity import template_points
+        from fuseface.data.transforms import SurveillanceDegradation
+
+        points = template_points(meta["template"], size) if split else None
+        degradation = SurveillanceDegradation(points=points)
+    elif degrade != "caface":
+        raise DataError(f"--degrade: unknown {degrade!r}; choose caface or surveillance")
+    scorer = None
+    if scores == "onet":
+        from fuseface.align.mtcnn import MTCNN, faceness
+
+        onet = MTCNN().onet.eval()
+
+        def onet_faceness(crops: list[np.ndarray]) -> np.ndarray:
+            return faceness(onet, crops)
+
+        scorer = onet_faceness
+    elif scores != "none":
+        raise DataError(f"--scores: unknown {scores!r}; choose none or onet")
+    pm, ps = (
+        tuple(getattr(model_meta, "pixel_mean", DEFAULT_PIXEL_MEAN)),
+        tuple(getattr(model_meta, "pixel_std", DEFAULT_PIXEL_STD)),
+    )
+    default = pm == DEFAULT_PIXEL_MEAN and ps == DEFAULT_PIXEL_STD
+    return {
+        "source": source,
+        "degradation": degradation,
+        "scorer": scorer,
+        "input_size": size,
+        "pixel_mean": None if default else pm,
+        "pixel_std": None if default else ps,
+        "meta": meta,
+    }

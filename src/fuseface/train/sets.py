@@ -4,9 +4,13 @@ The backbone is frozen and not even loaded: training reads a feature store
 (:mod:`fuseface.data.feature_store`, written by ``fuseface features extract``) holding per image
 ``C`` copies (clean + augmented) of the un-normalised embedding and the style statistics.
 
+* **Identities**: a store extracted from an identity split (``fuseface features split``) names the
+  side of every identity; only training identities are used (``caface.identities: train``), for
+  the sets and for the centres alike.
 * **Class centres** (preprocess/make_center.py): per identity, the mean of the unit-normalised
-  clean embeddings (copy 0), L2-normalised; frozen. (The official script adds every embedding twice
-  in a "flip" loop that does not flip; the mean is the same.)
+  clean embeddings (copy 0), L2-normalised; frozen (``caface.centres_from: all`` averages every
+  copy). (The official script adds every embedding twice in a "flip" loop that does not flip; the
+  mean is the same.)
 * **Set sampler** (``MultiAugMxFeatureDatasetV3``): one item per stored image (the anchor). Draw
   ``set_size - 1`` more images of the same identity with replacement, permute the ``set_size``; build
   two halves of ``set_size/2``: each picks 1..``max_sources`` source images among them, splits the
@@ -44,7 +48,7 @@ from fuseface.errors import ConfigError, DataError
 from fuseface.nn.fusion.caface import CAFace
 from fuseface.train.task import BaseTask
 
-__all__ = ["CAFaceConfig", "CAFaceSetObjective", "CAFaceTask", "SetDataset", "class_centres"]
+__all__ = ["CAFaceConfig", "CAFaceSetObjective", "CAFaceTask", "SetDataset", "class_centres", "training_rows"]
 
 
 @dataclass
@@ -65,10 +69,31 @@ class CAFaceConfig:
     memory_loss_batch_scaling: bool = True  # quirk Q2: divide the memory loss by the per-process batch
     init_from: str = ""  # optional fusion weights file to start from
     seed: int = 42
+    identities: str = "train"  # stores with identity sides (a split): train | all (no held-out identities)
+    centres_from: str = "clean"  # class centres from the clean copy (official) or from all copies
 
 
-def class_centres(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(num_ids, D): mean of the unit clean embeddings (copy 0) per identity, L2-normalised."""
+def training_rows(meta: Mapping[str, Any], labels: np.ndarray, identities: str = "train") -> np.ndarray:
+    """Indices of the store rows a CAFace run may use: with ``identities="train"`` and a store made
+    from an identity split (``meta["identity_sides"]``), only the rows of training identities; every
+    row otherwise. Nothing of a held-out identity reaches the sets or the class centres."""
+    if identities not in ("train", "all"):
+        raise ConfigError(f"caface.identities must be 'train' or 'all', got {identities!r}")
+    sides = meta.get("identity_sides")
+    if identities == "all" or sides is None:
+        return np.arange(len(labels))
+    allowed = np.asarray([side == "train" for side in sides], dtype=bool)
+    return np.flatnonzero(allowed[labels])
+
+
+def class_centres(features: np.ndarray, labels: np.ndarray, copies: str = "clean") -> np.ndarray:
+    """(num_ids, D): per identity the mean of the unit embeddings of the clean copy (copy 0, the
+    official preprocess/make_center.py) or of all copies (``copies="all"``), L2-normalised."""
+    if copies not in ("clean", "all"):
+        raise ConfigError(f"caface.centres_from must be 'clean' or 'all', got {copies!r}")
+    if features.ndim == 3 and copies == "all":
+        labels = np.repeat(labels, features.shape[1])
+        features = features.reshape(-1, features.shape[-1])
     f = features[:, 0] if features.ndim == 3 else features
     unit = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
     num_ids = int(labels.max()) + 1
@@ -171,13 +196,17 @@ class CAFaceTask(BaseTask):
 
         store = FeatureStore(Path(self.cc.store).expanduser())
         features, styles, labels = store.load()
+        rows = training_rows(store.spec.meta, labels, self.cc.identities)
+        features, styles = features[rows], styles[rows]
+        # labels 0..K-1 over the identities used (class centres are indexed by them)
+        self.identity_labels, labels = np.unique(labels[rows], return_inverse=True)
         bad = ~(np.isfinite(features).all(axis=(1, 2)) & np.isfinite(styles).all(axis=(1, 2, 3)))
         if bad.any():
             raise DataError(
                 f"{self.cc.store}: {int(bad.sum())} of {len(bad)} images have non-finite features "
                 "or styles; re-extract them (e.g. with --dtype float32)"
             )
-        self.centres = torch.from_numpy(class_centres(features, labels))
+        self.centres = torch.from_numpy(class_centres(features, labels, self.cc.centres_from))
         self.style_channels = styles.shape[2]
         self.feature_dim = features.shape[2]
         if max(np.abs(features).max(), np.abs(styles).max()) < 6e4:  # halve the memory when float16 holds it

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "fuseface.cli.features",  # features extract
     "fuseface.cli.align",  # align, data build-bin, models fetch
     "fuseface.cli.infer",  # embed, compare, fuse, search, export
+    "fuseface.cli.video",  # video
 )
 
 GROUPS = {

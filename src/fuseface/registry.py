@@ -30,7 +30,7 @@ _ENTRIES: dict[str, dict[str, str | Callable[..., Any]]] = {
         **{f"adaface_ir{d}": f"fuseface.nn.backbones.adaface_ir:adaface_ir{d}" for d in (18, 34, 50, 101)},
         # the small IResNet (one block per stage) that `make demo` trains; registered here so that
         # the demo's exported model file loads anywhere with ``fuseface.load``
-        "ir_demo": "fuseface.experiments.demo:demo_iresnet",
+        "ir_demo": "fuseface.nn.backbones.iresnet:ir_demo",
     },
     "conv": {
         "conv3x3": "fuseface.nn.backbones.iresnet:plain_conv3x3",

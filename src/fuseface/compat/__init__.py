@@ -1,7 +1,8 @@
 """Converters from official checkpoints to fuseface modules.
 
 ``from_official(source, arch, state_dict)`` returns an eval-mode module with the weights loaded
-strictly. Each source lives in its own module and registers itself in ``_SOURCES``:
+strictly. Each source lives in its own module; its ``convert`` is the registry entry of kind
+``checkpoint_source`` (:mod:`fuseface.registry`):
 
 =============  ==========================================  =========================
 source         arch                                        module
@@ -15,19 +16,11 @@ caface         caface                                      ``compat/caface.py``
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
-
-_SOURCES = {
-    "insightface": "fuseface.compat.insightface",
-    "adaface": "fuseface.compat.adaface",
-    "msconv": "fuseface.compat.msconv",
-    "caface": "fuseface.compat.caface",
-}
 
 
 def from_official(source: str, arch: str, state_dict: Mapping[str, Any]) -> nn.Module:
@@ -37,10 +30,12 @@ def from_official(source: str, arch: str, state_dict: Mapping[str, Any]) -> nn.M
     ``"state_dict"`` (Lightning) or ``"model"``; each converter documents the keys it sets aside.
     The returned module is in eval mode and records ``channel_order`` and ``input_size``.
     """
-    if source not in _SOURCES:
-        raise ValueError(f"unknown checkpoint source {source!r}; known: {sorted(_SOURCES)}")
-    module = importlib.import_module(_SOURCES[source])
-    model = module.convert(arch, unwrap_state_dict(state_dict))
+    from fuseface import registry
+
+    known = registry.names("checkpoint_source")
+    if source not in known:
+        raise ValueError(f"unknown checkpoint source {source!r}; known: {known}")
+    model = registry.resolve("checkpoint_source", source)(arch, unwrap_state_dict(state_dict))
     return model.eval()
 
 

@@ -236,9 +236,8 @@ class RecognitionTask(BaseTask):
         return loss, metrics
 
     def export(self, modules: Mapping[str, nn.Module], path: Path) -> Path:
-        from fuseface.infer.model_file import ModelMeta, save_model
-
         from fuseface import registry
+        from fuseface.infer.model_file import ModelMeta, save_model
 
         cfg = self.ctx.cfg
         stated = registry.settings(cfg.model.name, **cfg.model.kwargs)  # what the backbone entry states

@@ -1,5 +1,6 @@
 """Small numeric operations every layer may import (``nn/`` included): the one ``l2_normalize``
-and the one conversion from aligned uint8 images to model input, :func:`to_input_tensor`.
+the one conversion from aligned uint8 images to model input, :func:`to_input_tensor`, and
+its pixel scaling :func:`scale_pixels`.
 
 Nothing here reads files or knows a model: arrays and tensors in, arrays and tensors out.
 """
@@ -38,6 +39,16 @@ def l2_normalize(x: Any, eps: float = 0.0, dtype: Any = np.float64) -> np.ndarra
     return x
 
 
+def scale_pixels(x: Any) -> Any:
+    """``(x / 255 - 0.5) / 0.5``: maps 0..255 pixel values to -1..1, insightface's input scaling
+    (tensor in -> float tensor out; array in -> float32 array out)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return (x.float() / 255.0 - 0.5) / 0.5
+    return ((np.asarray(x, dtype=np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
 def to_input_tensor(
     images: np.ndarray,
     channel_order: str = "rgb",
@@ -63,7 +74,7 @@ def to_input_tensor(
         images = images[..., ::-1]
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     if pixel_mean is None and pixel_std is None:
-        x = (x / 255.0 - 0.5) / 0.5
+        x = scale_pixels(x)
     else:
         mean = torch.tensor(list(pixel_mean or (127.5,) * 3), dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(list(pixel_std or (127.5,) * 3), dtype=torch.float32).view(1, 3, 1, 1)

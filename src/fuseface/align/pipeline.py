@@ -244,7 +244,7 @@ SOURCE_FILE = "source.txt"
 
 def _lfw_pairs(pairs_path: Path) -> list[tuple[str, str, bool]]:
     """``(relative path a, relative path b, issame)`` without extension, in file order, parsed by
-    helper "eval"'s ``fuseface.data.lfw.read_pairs`` (View 2: ``name/name_%04d``)."""
+    :func:`fuseface.data.lfw.read_pairs` (View 2: ``name/name_%04d``)."""
     from fuseface.data.lfw import read_pairs
 
     def stem(rel: str) -> str:
@@ -293,7 +293,7 @@ def build_lfw_bin(aligned: str | Path, pairs: str | Path, out: str | Path, ext: 
     pair_list = _lfw_pairs(pairs)
     images = np.stack([load(p) for a, b, _ in pair_list for p in (a, b)])
     issame = np.asarray([s for _, _, s in pair_list], dtype=bool)
-    from fuseface.data.binfile import save_bin  # helper "eval"
+    from fuseface.data.binfile import save_bin
 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_bin(out, images, issame)

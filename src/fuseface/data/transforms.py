@@ -242,7 +242,7 @@ class AdaFaceAugment:
 
 
 # --------------------------------------------------------------------------------------------
-# occlusion (missing facial regions) -- our design, issue 7 item 3
+# occlusion (missing facial regions) -- our design
 # --------------------------------------------------------------------------------------------
 
 OCCLUSION_REGIONS = ("eyes", "left_eye", "right_eye", "nose", "mouth", "lower_face", "random")
@@ -303,7 +303,7 @@ def _region_box(
 class Occlusion:
     """Blank out one facial region with probability ``p`` (simulates missing regions).
 
-    Our design (LGAF issue 7 item 3; not from a paper): the region is drawn uniformly from
+    Our design for the LGAF experiments (not from a paper): the region is drawn uniformly from
     ``regions`` (names in :data:`OCCLUSION_REGIONS`), placed relative to the ArcFace 112 x 112
     landmark template (so it assumes aligned crops; other sizes are scaled), and filled with
     ``fill``: ``"zero"`` (black, like AdaFace's crop canvas), ``"mean"`` (the image's mean

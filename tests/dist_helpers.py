@@ -1,7 +1,10 @@
 """Helpers for the training tests: a tiny registered backbone, multi-process workers, and a
 command-line entry so subprocesses (plain or under torchrun) can train with the tiny backbone.
 
-    python tests/dist_helpers.py train --config X.yaml [key=value ...] [--resume]
+    python tests/dist_helpers.py train --config X.yaml [key=value ...] [--resume] [--pause-after-step N]
+
+``--pause-after-step N`` adds :class:`PauseAfterCheckpoint`: a training callback that sleeps after
+the checkpoint of step N is written, so that a test can SIGKILL the process at a known point.
 """
 
 from __future__ import annotations
@@ -125,6 +128,20 @@ def run_pfc_ranks(world: int, payload: dict[str, Any], tmp: Path) -> list[dict[s
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
+def pause_after_checkpoint(step: int) -> Any:
+    """A trainer callback that sleeps (600 s) once the checkpoint of ``step`` is on disk."""
+    import time
+
+    from fuseface.train.trainer import Callback
+
+    class PauseAfterCheckpoint(Callback):
+        def on_checkpoint(self, trainer: Any, path: Path) -> None:
+            if trainer.step == step:
+                time.sleep(600)
+
+    return PauseAfterCheckpoint()
+
+
 def main(argv: list[str]) -> None:
     register_tiny()
     if argv and argv[0] == "train":
@@ -134,9 +151,12 @@ def main(argv: list[str]) -> None:
         args = argv[1:]
         resume = "--resume" in args
         args = [a for a in args if a != "--resume"]
+        callbacks = []
+        if "--pause-after-step" in args:
+            callbacks.append(pause_after_checkpoint(int(args[args.index("--pause-after-step") + 1])))
         cfg_path = args[args.index("--config") + 1]
         overrides = [a for a in args if "=" in a]
-        train(load_config(cfg_path, overrides), resume=True if resume else None)
+        train(load_config(cfg_path, overrides), resume=True if resume else None, callbacks=callbacks)
     else:
         raise SystemExit(f"unknown command {argv}")
 

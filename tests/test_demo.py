@@ -42,3 +42,15 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     crops = np.zeros((2, model.input_size, model.input_size, 3), np.uint8)
     embeddings, norms = model.embed_aligned(crops)
     assert embeddings.shape == (2, results["settings"]["num_features"]) and np.all(np.isfinite(norms))
+
+    # the trained network really holds MSConv (ir_demo: one block per stage, its strided 3x3 conv
+    # replaced in each configured stage), and the report names that backbone and gives a verdict
+    from fuseface.experiments.demo import QUICK
+    from fuseface.nn.layers.msconv import MSConv
+
+    msconv = [m for m in model.net.modules() if isinstance(m, MSConv)]
+    assert len(msconv) == len(QUICK.conv_stages) > 0
+    assert results["msconv"] and f"{len(msconv)} MSConv modules" in results["backbone"]
+    assert results["backbone"] in report and "**Verdict**" in report
+    assert results["engine"] == "fuseface.train.trainer"
+    assert (out / "eval" / "result.json").is_file()

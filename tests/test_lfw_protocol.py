@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fuseface.data.lfw import lfw_pairs_protocol, load_face_crops, pair_image_index, read_pairs
+from fuseface.data.lfw import load_face_crops, pair_image_index, read_pairs
 from fuseface.errors import ProtocolFileError
+from fuseface.eval.lfw import lfw_pairs_protocol
 
 
 def test_real_pairs_file_structure(shared_data: Path) -> None:

@@ -20,7 +20,7 @@ from dist_helpers import register_tiny, tiny_config_dict
 from fuseface.errors import CheckpointError
 from fuseface.train import checkpoint as C
 from fuseface.train.config import config_from_dict
-from fuseface.train.trainer import PAUSE_ENV, TrainResult, train
+from fuseface.train.trainer import Callback, TrainResult, train
 
 HELPER = Path(__file__).with_name("dist_helpers.py")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -77,11 +77,35 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("synthetic") / "faces"
 
 
+class _Recorder(Callback):
+    """Records what the loop reports to its callbacks."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def on_train_start(self, trainer) -> None:
+        self.events.append(("start", trainer.step))
+
+    def on_step_end(self, trainer, record) -> None:
+        self.events.append(("step", record["step"]))
+
+    def on_checkpoint(self, trainer, path) -> None:
+        assert path.is_file()
+        self.events.append(("checkpoint", trainer.step))
+
+    def on_train_end(self, trainer, result) -> None:
+        assert result.model_path.is_file()
+        self.events.append(("end", trainer.step))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> TrainResult:
     """One process, global batch 16 as 2 accumulated micro-batches of 8, 6 steps (2 epochs)."""
     out = tmp_path_factory.mktemp("reference")
-    return train(_cfg(out, cache, grad_accum=2))
+    recorder = _Recorder()
+    result = train(_cfg(out, cache, grad_accum=2), callbacks=[recorder])
+    result.callback_events = recorder.events
+    return result
 
 
 def test_reference_run_learns_and_exports(reference: TrainResult) -> None:
@@ -99,14 +123,19 @@ def test_reference_run_learns_and_exports(reference: TrainResult) -> None:
     ckpt = C.read_checkpoint(reference.checkpoint_path)
     assert ckpt["step"] == 6 and ckpt["sampler"]["epoch"] == 2
     assert ckpt["modules"]["head"]["weight"].shape == (8, 32)
+    # the callbacks saw the run: start, every step, the checkpoints, the end
+    events = reference.callback_events
+    assert events[0] == ("start", 0) and events[-1] == ("end", 6)
+    assert [s for kind, s in events if kind == "step"] == [1, 2, 3, 4, 5, 6]
+    assert ("checkpoint", 6) in events
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, cache: Path, reference: TrainResult) -> None:
     out = tmp_path / "killed"
     cfg_path = _yaml(tmp_path / "killed.yaml", out, cache, grad_accum=2)
     proc = subprocess.Popen(
-        [sys.executable, str(HELPER), "train", "--config", str(cfg_path)],
-        env={**_env(), PAUSE_ENV: "3"},
+        [sys.executable, str(HELPER), "train", "--config", str(cfg_path), "--pause-after-step", "3"],
+        env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

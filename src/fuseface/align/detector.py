@@ -8,7 +8,8 @@ landmarks per face, see :class:`fuseface.align.mtcnn.Detections`). Two are provi
   ``name x1 y1 ... x5 y5 [score]`` — the IJB ``*_name_5pts_score.txt`` layout (PROTOCOLS.md §5.3);
   68-point lines (136 numbers) are reduced with the 68-to-5 rule.
 
-Further detectors register with :func:`register_detector`. :func:`select_faces` applies the
+Detectors are entries of :mod:`fuseface.registry` (kind ``detector``); further ones register
+with :func:`register_detector`. :func:`select_faces` applies the
 several-faces policy (``largest``, ``central`` or ``all``).
 """
 
@@ -33,28 +34,21 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> Detections: ...
 
 
-_DETECTORS: dict[str, Callable[..., FaceDetector]] = {}
+def register_detector(name: str, factory: Callable[..., FaceDetector] | str) -> None:
+    """Make ``create_detector(name, **kw)`` build ``factory(**kw)`` (registry kind ``detector``)."""
+    from fuseface import registry
 
-
-def register_detector(name: str, factory: Callable[..., FaceDetector]) -> None:
-    """Make ``create_detector(name, **kw)`` build ``factory(**kw)``."""
-    _DETECTORS[name] = factory
-
-
-def _mtcnn(**kw: Any) -> FaceDetector:
-    from fuseface.align.mtcnn import MTCNN
-
-    return MTCNN(**kw)
-
-
-register_detector("mtcnn", _mtcnn)
+    registry.register("detector", name, factory)
 
 
 def create_detector(name: str = "mtcnn", **kw: Any) -> FaceDetector:
     """Build a registered detector by name."""
-    if name not in _DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; known: {sorted(_DETECTORS)}")
-    return _DETECTORS[name](**kw)
+    from fuseface import registry
+
+    known = registry.names("detector")
+    if name not in known:
+        raise ValueError(f"unknown detector {name!r}; known: {known}")
+    return registry.create("detector", name, **kw)
 
 
 class LandmarkFile:

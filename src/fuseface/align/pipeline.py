@@ -30,72 +30,17 @@ import numpy as np
 from fuseface.align.detector import FaceDetector, LandmarkFile, select_faces
 from fuseface.align.mtcnn import Detections
 from fuseface.align.similarity import align_face
+from fuseface.data.images import MAX_PIXELS, read_image
 from fuseface.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
-#: Photos above this many pixels are refused with a clear error (decoding them would need GBs).
-MAX_PIXELS = 80_000_000
-
-
-def _pixel_count(path: Path) -> int | None:
-    """Width x height from the header (Pillow reads it lazily), or None when Pillow cannot tell."""
-    try:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, with a clearer message
-        with Image.open(path) as im:
-            return int(im.size[0]) * int(im.size[1])
-    except Exception:
-        return None
-
-
-def _read_with_pillow(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.seek(0)  # first frame of a GIF
-        return np.asarray(im.convert("RGB"))
 
 
 def read_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read any photo as uint8 H x W x 3 **RGB** (grey and RGBA converted; GIF via Pillow).
-
-    Raises :class:`DataError` naming the file when it is missing, undecodable or larger than
-    ``max_pixels``. Uses ``fuseface.data.images.read_image`` when it can, Pillow otherwise.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    pixels = _pixel_count(path)
-    if pixels is not None and pixels > max_pixels:
-        raise DataError(f"{path}: image too large ({pixels / 1e6:.0f} megapixels > {max_pixels / 1e6:.0f})")
-    image: np.ndarray | None = None
-    try:
-        from fuseface.data.images import read_image  # helper "data"; optional here
-
-        image = read_image(path, channel_order="rgb")
-    except ImportError:
-        image = None
-    except DataError:
-        image = None  # e.g. GIF, which cv2 cannot decode: try Pillow below
-    if image is None:
-        import cv2
-
-        buf = np.fromfile(str(path), dtype=np.uint8)
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-        if bgr is not None:
-            image = np.ascontiguousarray(bgr[:, :, ::-1])
-        else:
-            try:
-                image = _read_with_pillow(path)
-            except Exception as exc:
-                raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
-        raise DataError(f"{path}: unexpected image shape {image.shape}")
-    return np.ascontiguousarray(image[:, :, :3].astype(np.uint8, copy=False))
+    """Read any photo as uint8 H x W x 3 **RGB**: :func:`fuseface.data.images.read_image` (grey and
+    RGBA converted, GIF via Pillow; a :class:`DataError` naming the file when it is missing,
+    undecodable or larger than ``max_pixels``)."""
+    return read_image(path, "rgb", max_pixels=max_pixels)
 
 
 @dataclass
@@ -312,7 +257,7 @@ SOURCE_FILE = "source.txt"
 
 def _lfw_pairs(pairs_path: Path) -> list[tuple[str, str, bool]]:
     """``(relative path a, relative path b, issame)`` without extension, in file order, parsed by
-    helper "eval"'s ``fuseface.data.lfw.read_pairs`` (View 2: ``name/name_%04d``)."""
+    :func:`fuseface.data.lfw.read_pairs` (View 2: ``name/name_%04d``)."""
     from fuseface.data.lfw import read_pairs
 
     def stem(rel: str) -> str:
@@ -361,7 +306,7 @@ def build_lfw_bin(aligned: str | Path, pairs: str | Path, out: str | Path, ext: 
     pair_list = _lfw_pairs(pairs)
     images = np.stack([load(p) for a, b, _ in pair_list for p in (a, b)])
     issame = np.asarray([s for _, _, s in pair_list], dtype=bool)
-    from fuseface.data.binfile import save_bin  # helper "eval"
+    from fuseface.data.binfile import save_bin
 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_bin(out, images, issame)

@@ -15,14 +15,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def demo(
         out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (report, plots, cached data)."),
         quick: bool = typer.Option(False, "--quick", help="Tiny settings for a smoke run (well under a minute)."),
-        engine: str = typer.Option(
-            "auto",
-            "--engine",
-            help="auto: the training engine when installed, else the built-in loop; builtin or engine to force one.",
-        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the table."),
         set_fusion: bool = typer.Option(
-            True, "--set-fusion/--no-set-fusion", help="Add the set-fusion (CAFace vs. pooling) section when available."
+            True, "--set-fusion/--no-set-fusion", help="Add the set-fusion (CAFace vs. pooling) section."
         ),
         lfw: Path | None = typer.Option(
             None,
@@ -30,12 +25,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             help="LFW folder for the real-face set-fusion section (default: ../shared/data/lfw; not with --quick).",
         ),
     ) -> None:
-        """Generate synthetic faces, train a small backbone on CPU, evaluate held-out verification, write a report."""
+        """Generate synthetic faces, train a small MSConv backbone on CPU, evaluate held-out verification,
+        write a report.
+
+        Example: fuseface demo --out runs/demo
+        """
         from fuseface.experiments.demo import run_demo
 
-        if engine not in ("auto", "builtin", "engine"):
-            raise typer.BadParameter("--engine must be auto, builtin or engine")
-        report = run_demo(out, quick=quick, progress=progress, engine=engine, set_fusion=set_fusion)
+        report = run_demo(out, quick=quick, progress=progress, set_fusion=set_fusion)
         if set_fusion and (lfw is not None or not quick):
             from fuseface.experiments.set_fusion import real_face_section
 

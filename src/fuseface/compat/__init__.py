@@ -1,7 +1,8 @@
 """Converters from official checkpoints to fuseface modules.
 
 ``from_official(source, arch, state_dict)`` returns an eval-mode module with the weights loaded
-strictly. Each source lives in its own module and registers itself in ``_SOURCES``:
+strictly. Each source lives in its own module; its ``convert`` is the registry entry of kind
+``checkpoint_source`` (:mod:`fuseface.registry`):
 
 =============  ==========================================  =========================
 source         arch                                        module
@@ -24,14 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-_SOURCES = {
-    "insightface": "fuseface.compat.insightface",
-    "adaface": "fuseface.compat.adaface",
-    "msconv": "fuseface.compat.msconv",
-    "caface": "fuseface.compat.caface",
-    "dlib": "fuseface.compat.dlib",
-}
-
 
 def from_official(source: str, arch: str, state_dict: Mapping[str, Any] | str | os.PathLike[str]) -> nn.Module:
     """Build ``arch`` as the official ``source`` code defines it and load ``state_dict`` strictly.
@@ -41,14 +34,18 @@ def from_official(source: str, arch: str, state_dict: Mapping[str, Any] | str | 
     ``"state_dict"`` (Lightning) or ``"model"``; each converter documents the keys it sets aside.
     The returned module is in eval mode and records ``channel_order`` and ``input_size``.
     """
-    if source not in _SOURCES:
-        raise ValueError(f"unknown checkpoint source {source!r}; known: {sorted(_SOURCES)}")
-    module = importlib.import_module(_SOURCES[source])
+    from fuseface import registry
+
+    known = registry.names("checkpoint_source")
+    if source not in known:
+        raise ValueError(f"unknown checkpoint source {source!r}; known: {known}")
+    convert = registry.resolve("checkpoint_source", source)
     if isinstance(state_dict, (str, os.PathLike)):  # sources whose files are not torch checkpoints
-        if not hasattr(module, "from_path"):
+        from_path = getattr(importlib.import_module(convert.__module__), "from_path", None)
+        if from_path is None:
             raise TypeError(f"{source} checkpoints are state dicts; load the file with torch.load first")
-        return module.from_path(arch, state_dict).eval()
-    model = module.convert(arch, unwrap_state_dict(state_dict))
+        return from_path(arch, state_dict).eval()
+    model = convert(arch, unwrap_state_dict(state_dict))
     return model.eval()
 
 

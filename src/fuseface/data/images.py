@@ -197,12 +197,43 @@ def decode_image(
     return np.ascontiguousarray(image)
 
 
-def read_image(path: str | os.PathLike[str], channel_order: str = "rgb", *, on_truncated: str = "warn") -> np.ndarray:
+#: Photos above this many pixels are refused by :func:`read_image` with ``max_pixels`` left at its
+#: default (decoding them would need gigabytes).
+MAX_PIXELS = 80_000_000
+
+
+def pixel_count(path: str | os.PathLike[str]) -> int | None:
+    """Width x height from the file header (Pillow reads it lazily), or None when Pillow cannot tell."""
+    try:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # our own limit applies, with a clearer message
+        with Image.open(path) as im:
+            return int(im.size[0]) * int(im.size[1])
+    except Exception:
+        return None
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    channel_order: str = "rgb",
+    *,
+    on_truncated: str = "warn",
+    max_pixels: int | None = MAX_PIXELS,
+) -> np.ndarray:
     """Read and decode an image file to uint8 H x W x 3 (see :func:`decode_image`).
 
+    ``max_pixels``: refuse larger images before decoding them (``None``: no limit).
+
     Raises:
-        DataError: the file is missing, unreadable, empty or not a decodable image.
+        DataError: the file is missing, unreadable, empty, too large or not a decodable image.
     """
+    if not Path(path).is_file():
+        raise DataError(f"{path}: image file not found")
+    if max_pixels is not None:
+        pixels = pixel_count(path)
+        if pixels is not None and pixels > max_pixels:
+            raise DataError(f"{path}: image too large ({pixels / 1e6:.0f} megapixels > {max_pixels / 1e6:.0f})")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

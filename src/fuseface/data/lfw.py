@@ -5,7 +5,7 @@ per fold 300 same-person lines ``name n1 n2`` followed by 300 different-person l
 ``name1 n1 name2 n2`` (tab or space separated). Image ``n`` of ``name`` is
 ``lfw-deepfunneled/<name>/<name>_%04d.jpg`` (or the same relative path under an
 ``--images-dir`` of aligned crops). The 6,000 pairs in file order give the 10 contiguous folds
-of 600 that :func:`fuseface.eval.verification.evaluate` uses.
+of 600 that :func:`fuseface.eval.lfw.lfw_pairs_protocol` evaluates.
 
 With a model, ``fuseface eval lfw`` aligns the photos itself: :func:`lfw_landmarks` finds the
 5 landmarks of each photo (from a ``faces.jsonl`` of ``fuseface align`` when given, MTCNN for the
@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -154,7 +155,6 @@ def lfw_landmarks(
     no face (or, with ``detect=False``, no entry in ``known``) get the mean of the others. Returns them
     and counts ``{"given", "detected", "fallback"}``."""
     import warnings
-    from typing import Any
 
     from fuseface.align.detector import select_faces
     from fuseface.data.images import TruncatedImageWarning, read_image
@@ -214,12 +214,9 @@ def load_aligned_crops(
     return out
 
 
-def lfw_pairs_protocol(
-    features: np.ndarray, idx1: np.ndarray, idx2: np.ndarray, issame: np.ndarray, nfolds: int = 10
-) -> dict:
-    """10-fold verification (:func:`fuseface.eval.verification.evaluate`) of image features
-    ``features`` (one row per distinct image) over the pairs ``(idx1[k], idx2[k])``."""
-    from fuseface.eval.verification import evaluate
+def lfw_pairs_protocol(*args: Any, **kwargs: Any) -> dict:
+    """Moved to :func:`fuseface.eval.lfw.lfw_pairs_protocol` (metrics live in ``eval/``); this name
+    stays for existing callers."""
+    from fuseface.eval.lfw import lfw_pairs_protocol as protocol
 
-    features = np.asarray(features)
-    return evaluate(features[idx1], features[idx2], issame, nfolds=nfolds)
+    return protocol(*args, **kwargs)

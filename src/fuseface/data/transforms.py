@@ -9,7 +9,8 @@ Conventions:
   datasets pass per sample: derived from the DataLoader's per-epoch base seed and the sample
   index, so the augmentation of sample ``i`` depends on ``torch.manual_seed`` and ``i`` only, not
   on the number of workers or which worker loads it.
-* Normalisation is insightface / AdaFace's ``(x / 255 - 0.5) / 0.5`` (METHODS.md §1.1, §1.3).
+* The tensor conversion is :func:`fuseface.ops.to_input_tensor`, the one conversion from uint8
+  images to model input: insightface / AdaFace's ``(x / 255 - 0.5) / 0.5`` (METHODS.md §1.1, §1.3).
 
 The AdaFace low-quality augmentations follow AdaFace ``dataset/augmenter.py`` (METHODS.md §1.3):
 each of crop, low resolution and photometric is applied independently with its probability
@@ -28,6 +29,7 @@ import torch
 
 from fuseface.align.similarity import ARCFACE_TEMPLATE_112 as _ARCFACE_TEMPLATE_112
 from fuseface.data.images import check_channel_order
+from fuseface.ops import scale_pixels, to_input_tensor
 
 #: ArcFace 5-point template of the 112 x 112 aligned crop (defined once, in :mod:`fuseface.align.similarity`).
 ARCFACE_TEMPLATE_112 = _ARCFACE_TEMPLATE_112
@@ -51,7 +53,7 @@ def hflip(image: np.ndarray) -> np.ndarray:
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 H x W x C (or H x W) array -> float32 tensor C x H x W with the raw 0..255 values.
 
-    Unlike torchvision's ``ToTensor`` this does not divide by 255: :func:`normalize` does the
+    Unlike torchvision's ``ToTensor`` this does not divide by 255: :func:`scale_pixels` does the
     whole ``(x / 255 - 0.5) / 0.5`` so the two compose to insightface's input.
     """
     array = np.asarray(image)
@@ -60,18 +62,18 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
 
 
-def normalize(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """``(x / 255 - 0.5) / 0.5``: maps 0..255 to -1..1 (tensor or array, same type out)."""
-    if isinstance(x, torch.Tensor):
-        return (x.float() / 255.0 - 0.5) / 0.5
-    return ((np.asarray(x, dtype=np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
+#: The former name of :func:`fuseface.ops.scale_pixels` (it scales pixels, it does not L2-normalise).
+normalize = scale_pixels
 
 
 def to_normalized_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H x W x C -> normalised float tensor C x H x W (the datasets' default output)."""
-    out = normalize(to_tensor(image))
-    assert isinstance(out, torch.Tensor)
-    return out
+    """uint8 H x W x 3 -> model input tensor 3 x H x W (the datasets' default output), by
+    :func:`fuseface.ops.to_input_tensor`. The datasets decode in the model's channel order
+    already, so no channel swap happens here; a grey H x W image gives 1 x H x W."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 3:
+        return to_input_tensor(array)
+    return scale_pixels(to_tensor(array))
 
 
 def sample_rng(index: int) -> np.random.Generator:
@@ -240,7 +242,7 @@ class AdaFaceAugment:
 
 
 # --------------------------------------------------------------------------------------------
-# occlusion (missing facial regions) -- our design, issue 7 item 3
+# occlusion (missing facial regions) -- our design
 # --------------------------------------------------------------------------------------------
 
 OCCLUSION_REGIONS = ("eyes", "left_eye", "right_eye", "nose", "mouth", "lower_face", "random")
@@ -313,7 +315,7 @@ def _region_box(
 class Occlusion:
     """Blank out one facial region with probability ``p`` (simulates missing regions).
 
-    Our design (LGAF issue 7 item 3; not from a paper): the region is drawn uniformly from
+    Our design for the LGAF experiments (not from a paper): the region is drawn uniformly from
     ``regions`` (names in :data:`OCCLUSION_REGIONS`), placed relative to the ArcFace 112 x 112
     landmark template (so it assumes aligned crops; other sizes are scaled), and filled with
     ``fill``: ``"zero"`` (black, like AdaFace's crop canvas), ``"mean"`` (the image's mean

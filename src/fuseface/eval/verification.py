@@ -42,21 +42,19 @@ from typing import Any
 
 import numpy as np
 
+from fuseface.ops import l2_normalize as _l2_normalize
+
 ACCURACY_THRESHOLDS_STEP = 0.01
 VAL_THRESHOLDS_STEP = 0.001
 FAR_TARGET = 1e-3
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float64, computed as ``sklearn.preprocessing.normalize``
-    (norm from ``einsum('ij,ij->i')``; rows of norm 0 are left unchanged)."""
-    x = np.array(x, dtype=np.float64, copy=True)
-    if x.ndim != 2:
-        raise ValueError(f"expected a 2-D array of embeddings, got shape {x.shape}")
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    norms[norms == 0.0] = 1.0
-    x /= norms[:, np.newaxis]
-    return x
+    """Row-wise L2 normalisation in float64, as ``sklearn.preprocessing.normalize`` (rows of norm 0
+    are left unchanged): :func:`fuseface.ops.l2_normalize` on 2-D embeddings."""
+    if np.ndim(x) != 2:
+        raise ValueError(f"expected a 2-D array of embeddings, got shape {np.shape(x)}")
+    return _l2_normalize(x)
 
 
 def flip_sum(emb: np.ndarray, emb_flipped: np.ndarray) -> np.ndarray:

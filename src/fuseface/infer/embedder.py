@@ -35,6 +35,7 @@ from fuseface.infer.model_file import (
     check_input_size,
     load_model,
 )
+from fuseface.ops import to_input_tensor  # the one image -> input conversion (re-exported here)
 
 #: Default cosine-similarity threshold of ``compare`` (a typical ArcFace operating point on LFW;
 #: calibrate your own with ``fuseface eval`` — a model file may store ``extra["threshold"]``).
@@ -57,29 +58,6 @@ class EmbedResult:
         mask = np.ones(len(self.embeddings), dtype=bool)
         mask[list(self.errors)] = False
         return mask
-
-
-def to_input_tensor(
-    images: np.ndarray,
-    channel_order: str,
-    pixel_mean: Sequence[float] | None = None,
-    pixel_std: Sequence[float] | None = None,
-) -> torch.Tensor:
-    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W) in the model's channel order, normalised.
-
-    Without ``pixel_mean`` / ``pixel_std`` this is insightface's ``(x / 255 - 0.5) / 0.5`` (values in
-    [-1, 1]); with them (0..255 scale, in the model's channel order) it is ``(x - mean) / std``.
-    """
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected images of shape (N, H, W, 3), got {images.shape}")
-    if channel_order == "bgr":
-        images = images[..., ::-1]
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    if pixel_mean is None and pixel_std is None:
-        return (x / 255.0 - 0.5) / 0.5
-    mean = torch.tensor(list(pixel_mean or (127.5,) * 3), dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(list(pixel_std or (127.5,) * 3), dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 class FaceModel:

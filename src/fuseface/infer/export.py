@@ -146,7 +146,7 @@ class MaskedCAFace(nn.Module):
 
     ``forward(features (B, N, D), styles (B, N, C, 2), mask (B, N)) -> templates (B, D)``,
     L2-normalised; equals ``CAFace.fuse(valid rows, chunk_size=None)`` (one chunk). Reuses the
-    weights of a :class:`fuseface.nn.fusion.caface.CAFace` (written by helper "caface"); what
+    weights of a :class:`fuseface.nn.fusion.caface.CAFace` (e.g. from a fusion weights file); what
     the mask changes (our addition for a fixed-size graph): padded tokens are excluded as keys of
     the cluster network's self-attention and get zero cluster assignment, so they change nothing.
     Padded rows should hold zeros (any finite value works).

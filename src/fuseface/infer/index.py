@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from fuseface.errors import DataError
+from fuseface.ops import l2_normalize  # the one owner; importable from here as before
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 unit rows (:func:`fuseface.ops.l2_normalize`), the layout the indexes store."""
+    return l2_normalize(x, dtype=np.float32)
 
 
 class ExactIndex:
@@ -44,7 +45,7 @@ class ExactIndex:
         ids = list(range(len(self.ids), len(self.ids) + len(emb))) if ids is None else list(ids)
         if len(ids) != len(emb):
             raise DataError(f"{len(ids)} ids for {len(emb)} embeddings")
-        self._add_normalized(l2_normalize(emb))
+        self._add_normalized(_unit_rows(emb))
         self.ids.extend(ids)
 
     def _add_normalized(self, emb: np.ndarray) -> None:
@@ -65,7 +66,7 @@ class ExactIndex:
         """``(scores (Q, k') best first, ids (Q lists))`` with ``k' = min(k, len(index))``."""
         if len(self) == 0:
             raise DataError("the index is empty")
-        q = l2_normalize(np.atleast_2d(queries))
+        q = _unit_rows(np.atleast_2d(queries))
         k = min(k, len(self))
         scores, idx = self._scores(q, k)
         return scores, [[self.ids[j] for j in row] for row in idx]

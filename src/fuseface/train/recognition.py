@@ -236,14 +236,18 @@ class RecognitionTask(BaseTask):
         return loss, metrics
 
     def export(self, modules: Mapping[str, nn.Module], path: Path) -> Path:
+        from fuseface import registry
         from fuseface.infer.model_file import ModelMeta, save_model
 
         cfg = self.ctx.cfg
+        stated = registry.settings(cfg.model.name, **cfg.model.kwargs)  # what the backbone entry states
         meta = ModelMeta(
             arch=cfg.model.name,
             arch_kwargs=dict(cfg.model.kwargs),
             channel_order=cfg.data.channel_order,
             input_size=cfg.data.image_size,
+            template=stated["template"],
+            embedding_size=stated["embedding_size"],
             extra={"trained_by": "fuseface train", "loss": cfg.loss.name, "num_classes": self.num_classes},
         )
         return save_model(path, modules["backbone"], meta)

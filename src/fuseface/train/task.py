@@ -66,6 +66,7 @@ Example (a minimal task; ``BaseTask`` supplies the defaults)::
 
     register_task("toy", ToyTask)          # or register_task("toy", "my_pkg.toy:ToyTask")
 
+Tasks live in :mod:`fuseface.registry` (kind ``task``).
 The built-in tasks: ``recognition`` (:class:`fuseface.train.recognition.RecognitionTask`: backbone
 + margin loss + Partial FC) and ``caface`` (``fuseface.train.sets:CAFaceTask``, set fusion on
 precomputed features), imported only when selected.
@@ -73,7 +74,6 @@ precomputed features), imported only when selected.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,34 +185,27 @@ class BaseTask:
         raise NotImplementedError
 
 
-_TASKS: dict[str, str | type] = {
-    "recognition": "fuseface.train.recognition:RecognitionTask",
-    "caface": "fuseface.train.sets:CAFaceTask",
-}
-
-
 def register_task(name: str, target: str | type) -> None:
-    """Register a task class (or a lazy ``"module:Class"`` string) under ``name``."""
-    _TASKS[name] = target
+    """Register a task class (or a lazy ``"module:Class"`` string) under ``name`` (registry kind ``task``)."""
+    from fuseface import registry
+
+    registry.register("task", name, target)
 
 
 def task_names() -> list[str]:
-    return sorted(_TASKS)
+    from fuseface import registry
+
+    return registry.names("task")
 
 
 def resolve_task(name: str) -> type:
     """The task class registered as ``name`` (imported on first use); ConfigError if unknown."""
+    from fuseface import registry
     from fuseface.errors import ConfigError
 
-    try:
-        entry = _TASKS[name]
-    except KeyError:
-        raise ConfigError(f"unknown task {name!r}; known: {', '.join(task_names())}") from None
-    if isinstance(entry, str):
-        module_name, attr = entry.split(":")
-        entry = getattr(importlib.import_module(module_name), attr)
-        _TASKS[name] = entry
-    return entry
+    if name not in registry.names("task"):
+        raise ConfigError(f"unknown task {name!r}; known: {', '.join(task_names())}")
+    return registry.resolve("task", name)
 
 
 def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,26 @@ from fuseface.train.sampler import GlobalOrderSampler
 from fuseface.train.schedule import build_scheduler, lr_factor_fn
 from fuseface.train.task import Task, TaskContext, resolve_task
 
-#: Test hook (fault injection): after the checkpoint of this step is written, sleep so that a test
-#: can SIGKILL the process at a known point. Never set in normal use.
-PAUSE_ENV = "FUSEFACE_TRAIN_PAUSE_AFTER_STEP"
+
+class Callback:
+    """Hooks the loop calls, as arcface_torch's ``utils_callbacks`` hang off its loop: subclass and
+    override what you need, pass instances as ``train(cfg, callbacks=[...])``. Each hook gets the
+    :class:`Trainer` (its ``step``, ``modules``, ``cfg``, ``out_dir``) and runs on every rank."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """After the run folder, the config and a resumed state are in place."""
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """After each optimizer step, with its history record (``step``, ``loss``, ``lr``, ...)."""
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        """After a checkpoint is written (and every rank passed the barrier)."""
+
+    def on_validation(self, trainer: Trainer, results: dict[str, float]) -> None:
+        """After a validation round, with its metrics."""
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        """After the model file is exported."""
 
 
 @dataclass
@@ -95,9 +111,10 @@ def resolve_resume(resume: str | bool | None, out_dir: Path) -> Path | None:
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs the loop (see the module docstring)."""
 
-    def __init__(self, cfg: TrainConfig, env: D.DistEnv) -> None:
+    def __init__(self, cfg: TrainConfig, env: D.DistEnv, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
         self.env = env
+        self.callbacks = list(callbacks)
         self.out_dir = Path(cfg.out_dir).expanduser()
         tc = cfg.train
         if tc.amp == "fp16" and env.device.type != "cuda":
@@ -266,7 +283,8 @@ class Trainer:
                     "resumed_from": str(resume_path) if resume_path else None,
                 }
             )
-        pause_at = int(os.environ.get(PAUSE_ENV, "0") or 0)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
         accum = cfg.train.grad_accum
         replicated_params = [
             p
@@ -322,6 +340,8 @@ class Trainer:
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 self.history.append(record)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, record)
                 logger.step()
                 if self.step % max(1, cfg.log.every) == 0 or self.step == self.total_steps:
                     ips, eta = logger.rate(self.step, self.global_batch)
@@ -334,11 +354,13 @@ class Trainer:
                 every = cfg.checkpoint.every
                 if (every > 0 and self.step % every == 0) or self.step == self.total_steps:
                     last_ckpt = self.save_checkpoint()
-                    if pause_at and self.step == pause_at:
-                        time.sleep(600)
+                    for cb in self.callbacks:
+                        cb.on_checkpoint(self, last_ckpt)
                 val_due = cfg.val.every > 0 and self.step % cfg.val.every == 0 and self.step < self.total_steps
                 if cfg.val.bins and val_due:
                     val = self.validate()
+                    for cb in self.callbacks:
+                        cb.on_validation(self, val)
                     if val:
                         logger.write({"step": self.step, **val}, "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
         finally:
@@ -355,17 +377,21 @@ class Trainer:
         if env.is_main:
             model_path = self.task.export(self.modules, self.out_dir / "model.safetensors")
         D.barrier()
-        return TrainResult(self.out_dir, model_path, last_ckpt, self.history)
+        result = TrainResult(self.out_dir, model_path, last_ckpt, self.history)
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
 
 
-def train(cfg: TrainConfig, resume: str | bool | None = None) -> TrainResult:
-    """Run a training job described by ``cfg`` (single process, or under torchrun)."""
+def train(cfg: TrainConfig, resume: str | bool | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Run a training job described by ``cfg`` (single process, or under torchrun); ``callbacks``
+    are :class:`Callback` instances called by the loop."""
     created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     env = D.init_distributed(cfg.train.device)
     try:
-        return Trainer(cfg, env).run(resume)
+        return Trainer(cfg, env, callbacks).run(resume)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

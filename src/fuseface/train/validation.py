@@ -30,7 +30,7 @@ def embed_images(
     """Embeddings (N, D) of uint8 RGB images (N, H, W, 3); with ``flip`` the flipped image's are added."""
     import torch.nn.functional as F
 
-    from fuseface.infer.embedder import to_input_tensor
+    from fuseface.ops import to_input_tensor
 
     was_training = backbone.training
     backbone.eval()

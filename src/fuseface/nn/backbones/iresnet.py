@@ -277,3 +277,12 @@ def ir100(**kwargs: Any) -> IResNet:
 def ir200(**kwargs: Any) -> IResNet:
     """IResNet-200 ([6, 26, 60, 6])."""
     return _build(200, **kwargs)
+
+
+#: Blocks per stage of :func:`ir_demo`.
+DEMO_LAYERS = (1, 1, 1, 1)
+
+
+def ir_demo(**kwargs: Any) -> IResNet:
+    """The small IResNet that ``fuseface demo`` trains on CPU: one block per stage ([1, 1, 1, 1])."""
+    return IResNet(DEMO_LAYERS, **kwargs)

@@ -32,6 +32,7 @@ from fuseface.errors import CheckpointError
 
 __all__ = ["METHODS", "fuse_features", "load_fusion", "save_fusion"]
 
+#: The built-in methods; any ``fusion`` entry of :mod:`fuseface.registry` is accepted, user ones too.
 METHODS = ("average", "norm_weighted", "score_weighted", "self_attention", "caface")
 FUSION_FORMAT = "1"
 _CACHE: dict[tuple[str, float], nn.Module] = {}
@@ -128,8 +129,11 @@ def fuse_features(
     keywords go to the module's ``fuse`` (e.g. ``media=`` for ``score_weighted``). NaN rows are
     dropped with a warning; an empty probe raises :class:`fuseface.errors.DataError`.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown fusion method {method!r}; known: {', '.join(METHODS)}")
+    from fuseface import registry
+
+    known = registry.names("fusion")
+    if method not in known:
+        raise ValueError(f"unknown fusion method {method!r}; known: {', '.join(known)}")
     module = _resolve_model(method, model)
     if method == "caface":
         return module.fuse(features, styles, chunk_size=chunk_size, **kwargs)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuseface.errors import DataError
+from fuseface.ops import l2_normalize
 
 __all__ = ["CAFace", "CAFaceMemory", "CAFaceOutput", "caface_small", "chunk_indices"]
 
@@ -573,8 +574,7 @@ def caface_small(**kwargs: Any) -> CAFace:
 
 def _l2(x: np.ndarray) -> np.ndarray:
     """``x / (‖x‖ + 1e-8)`` as the official evaluation's ``l2_normalize``."""
-    x = np.asarray(x, dtype=np.float32)
-    return (x / (np.linalg.norm(x) + 1e-8)).astype(np.float32)
+    return l2_normalize(np.asarray(x, dtype=np.float32).reshape(-1), eps=1e-8, dtype=np.float32)
 
 
 def _as_probe(

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuseface.errors import DataError
+from fuseface.ops import l2_normalize
 
 __all__ = ["AverageFusion", "NormWeightedFusion", "ScoreWeightedFusion", "SelfAttentionFusion", "clean_rows"]
 
@@ -97,7 +98,7 @@ class AverageFusion(_PoolingFusion):
     """Mean of the unit-normalised features."""
 
     def pool(self, feats: np.ndarray, scores: np.ndarray | None, media: np.ndarray | None) -> np.ndarray:
-        return (feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12)).mean(0)
+        return l2_normalize(feats, eps=1e-12).mean(0)
 
 
 class NormWeightedFusion(_PoolingFusion):
@@ -122,7 +123,7 @@ class ScoreWeightedFusion(_PoolingFusion):
 
     def pool(self, feats: np.ndarray, scores: np.ndarray | None, media: np.ndarray | None) -> np.ndarray:
         if not self.keep_norm:
-            feats = feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12)
+            feats = l2_normalize(feats, eps=1e-12)
         if self.detector_score:
             if scores is None:
                 raise ValueError("ScoreWeightedFusion with detector_score=True needs scores (N,)")

@@ -47,7 +47,7 @@ QUALITY_NORMS = ("running", "batch", "none")
 BRANCHES = ("global", "local")
 
 
-class SpatialAttention(nn.Module):
+class SpatialGate(nn.Module):
     """CBAM spatial attention (Woo et al. 2018): ``x * sigmoid(conv_k([mean_c(x); max_c(x)]))``.
 
     One gate per position, shared by every channel: it emphasises informative regions of the map.
@@ -64,7 +64,7 @@ class SpatialAttention(nn.Module):
         return x * torch.sigmoid(self.conv(pooled))
 
 
-class ChannelAttention(nn.Module):
+class SEChannelGate(nn.Module):
     """SE channel attention (Hu et al. 2018): ``x * sigmoid(fc(relu(fc(avgpool(x)))))``.
 
     One gate per channel, shared by every position: it suppresses redundant channels.
@@ -108,8 +108,8 @@ class MHMSHead(nn.Module):
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=1e-5)
         self.act = nn.PReLU(out_channels)
-        self.spatial = SpatialAttention(spatial_kernel)
-        self.channel = ChannelAttention(out_channels, se_reduction)
+        self.spatial = SpatialGate(spatial_kernel)
+        self.channel = SEChannelGate(out_channels, se_reduction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.bn(self.pointwise(self.depthwise(x))))

@@ -108,7 +108,7 @@ class SEConv(nn.Module):
         _reset_default([self.excite])
 
 
-class ChannelAttention(nn.Module):
+class CBAMChannelAttention(nn.Module):
     """CBAM channel attention: sigmoid(MLP(avgpool(x)) + MLP(maxpool(x))) with a shared MLP."""
 
     def __init__(self, channels: int, reduction: int = 16):
@@ -126,7 +126,7 @@ class ChannelAttention(nn.Module):
         return torch.sigmoid(avg + mx)
 
 
-class SpatialAttention(nn.Module):
+class CBAMSpatialAttention(nn.Module):
     """CBAM spatial attention: sigmoid(BN(conv7x7([mean_c(x), max_c(x)])))."""
 
     def __init__(self, kernel_size: int = 7):
@@ -149,8 +149,8 @@ class CBAMConv(nn.Module):
     def __init__(self, channels: int, stride: int = 1, *, reduction: int = 16, kernel_size: int = 7):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.channel = ChannelAttention(channels, reduction)
-        self.spatial = SpatialAttention(kernel_size)
+        self.channel = CBAMChannelAttention(channels, reduction)
+        self.spatial = CBAMSpatialAttention(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)

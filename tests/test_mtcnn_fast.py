@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import require_or_skip
 from fuseface.align.mtcnn import MTCNN
-from fuseface.align.mtcnn_fast import area_resize, integral_image
+from fuseface.align.mtcnn_fast import area_resize, integral_image, resize_whole
 from fuseface.align.pipeline import read_photo
 from fuseface.align.weights import weights_present
 
@@ -40,6 +40,9 @@ def test_area_resize_equals_torch_area_interpolation() -> None:
         ours = area_resize(table, np.array([x0]), np.array([y0]), np.array([pw]), np.array([ph]), oh, ow)
         ref = F.interpolate(x[:, :, y0 : y0 + ph, x0 : x0 + pw], size=(oh, ow), mode="area").numpy()
         np.testing.assert_allclose(ours, ref, atol=1e-4)
+    for oh, ow in ((24, 24), (20, 31), (37, 53), (60, 80)):
+        ref = F.interpolate(x, size=(oh, ow), mode="area").numpy()
+        np.testing.assert_allclose(resize_whole(table, oh, ow), ref, atol=1e-4)
     # several crops in one call equal the crops one by one
     x0, y0, pw, ph = np.array([0, 5, 10]), np.array([0, 3, 2]), np.array([53, 11, 30]), np.array([37, 7, 28])
     batch = area_resize(table, x0, y0, pw, ph, 24, 24)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fuseface.align.nms import nms
 
@@ -70,22 +71,45 @@ def area_resize(
     """K crops ``[y0, y0+ph) x [x0, x0+pw)`` area-resized to ``out_h x out_w``: (K, C, out_h, out_w) float32.
 
     Equals ``F.interpolate(crop, size=(out_h, out_w), mode="area")`` per crop (see module docstring):
-    each output pixel is ``S[b, d] - S[a, d] - S[b, c] + S[a, c]`` over its bin ``[a, b) x [c, d)``,
-    gathered from the flattened table for all crops, rows, columns and channels at once.
+    each output pixel is ``S[b, d] - S[a, d] - S[b, c] + S[a, c]`` over its bin ``[a, b) x [c, d)``;
+    the four corners of every bin of every crop are gathered as whole (C,) pixel records at once.
     """
     _, w1, channels = table.shape
-    flat = table.reshape(-1)
+    pixels = table.reshape(-1, channels)
     r0, r1 = _bins(y0, ph, out_h)
     c0, c1 = _bins(x0, pw, out_w)
-    ch = np.arange(channels)
+    count = (r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]
 
     def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return flat[((rows[:, :, None] * w1 + cols[:, None, :]) * channels)[..., None] + ch]
+        return np.take(pixels, (rows[:, :, None] * w1 + cols[:, None, :]).ravel(), axis=0)
 
-    sums = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)  # (K, out_h, out_w, C), exact
-    count = (r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]
-    means = sums / count[..., None].astype(np.float64)
-    return np.ascontiguousarray(means.transpose(0, 3, 1, 2), dtype=np.float32)
+    sums = (at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)).reshape(len(r0), out_h, out_w, channels)
+    return np.ascontiguousarray(_means(sums, count).transpose(0, 3, 1, 2))
+
+
+def resize_whole(table: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """The whole image area-resized to ``out_h x out_w``: (1, C, out_h, out_w) float32.
+
+    Same bins as :func:`area_resize`, computed separably: whole table rows first (contiguous
+    copies), then columns; fewer scattered reads than four corner gathers for a large output.
+    """
+    h, w = table.shape[0] - 1, table.shape[1] - 1
+    zero = np.zeros(1, np.int64)
+    r0, r1 = _bins(zero, np.array([h]), out_h)
+    c0, c1 = _bins(zero, np.array([w]), out_w)
+    rows = table[r1[0]] - table[r0[0]]  # (out_h, W+1, C): column-cumulative sums of each row bin
+    sums = np.take(rows, c1[0], axis=1) - np.take(rows, c0[0], axis=1)
+    count = (r1 - r0)[0][:, None] * (c1 - c0)[0][None, :]
+    return np.ascontiguousarray(_means(sums, count).transpose(2, 0, 1)[None])
+
+
+def _means(sums: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Bin sums (..., C) divided by their pixel counts (...), in float32.
+
+    float32 is exact for the sums here: a bin of a pyramid level or a crop of an image below
+    ``max_side`` holds far less than 2**24 / 255 pixels.
+    """
+    return sums.astype(np.float32) / count[..., None].astype(np.float32)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -94,11 +118,33 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x - np.float32(NORM_MEAN)) * np.float32(NORM_SCALE)
 
 
+class _PNetHead(nn.Module):
+    """P-Net with its two 1x1 heads merged into one 5-channel convolution: channel 0 is the face
+    logit minus the background logit (``softmax(z)[1] == sigmoid(z1 - z0)``), channels 1-4 the box
+    offsets. Saves the softmax and one convolution per pyramid level; same values to rounding."""
+
+    def __init__(self, pnet: nn.Module) -> None:
+        super().__init__()
+        self.pnet = pnet
+        w1, b1 = pnet.conv4_1.weight, pnet.conv4_1.bias
+        w2, b2 = pnet.conv4_2.weight, pnet.conv4_2.bias
+        self.head = nn.Conv2d(32, 5, kernel_size=1)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.cat([w1[1:2] - w1[0:1], w2]))
+            self.head.bias.copy_(torch.cat([b1[1:2] - b1[0:1], b2]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.pnet
+        x = n.pool1(n.prelu1(n.conv1(x)))
+        x = n.prelu3(n.conv3(n.prelu2(n.conv2(x))))
+        return self.head(x)
+
+
 class _Nets:
     """Run P-, R- and O-Net on float32 numpy batches: ONNX Runtime when available, else PyTorch."""
 
     def __init__(self, detector: MTCNN, use_onnxruntime: bool | None = None) -> None:
-        self.torch_nets = {"pnet": detector.pnet, "rnet": detector.rnet, "onet": detector.onet}
+        self.torch_nets = {"pnet": _PNetHead(detector.pnet).eval(), "rnet": detector.rnet, "onet": detector.onet}
         self.sessions: dict[str, Any] | None = None
         if use_onnxruntime is not False:
             try:
@@ -117,7 +163,7 @@ class _Nets:
             net = self.torch_nets[name]
             size = {"pnet": 12, "rnet": 24, "onet": 48}[name]
             axes = {0: "batch", 2: "height", 3: "width"} if name == "pnet" else {0: "batch"}
-            outputs = ["offsets", "landmarks", "prob"] if name == "onet" else ["offsets", "prob"]
+            outputs = {"pnet": ["maps"], "rnet": ["offsets", "prob"], "onet": ["offsets", "landmarks", "prob"]}[name]
             buf = io.BytesIO()
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -144,7 +190,8 @@ class _Nets:
         if self.sessions is not None:
             return list(self._session(name).run(None, {"input": x}))
         with torch.inference_mode():
-            return [t.numpy() for t in self.torch_nets[name](torch.from_numpy(x))]
+            out = self.torch_nets[name](torch.from_numpy(x))
+            return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 class FastCascade:
@@ -162,17 +209,17 @@ class FastCascade:
         from fuseface.align.mtcnn import _regress, _square
 
         t0 = self.detector.thresholds[0]
-        zero = np.zeros(1, np.int64)
         found: list[np.ndarray] = []
         for s in self.detector._scales(h, w):
             oh, ow = int(h * s + 1), int(w * s + 1)
-            level = area_resize(table, zero, zero, np.array([w]), np.array([h]), oh, ow)
-            offsets, prob = self.nets("pnet", _normalise(level))
-            p = prob[0, 1]
+            level = resize_whole(table, oh, ow)
+            (maps,) = self.nets("pnet", _normalise(level))
+            with np.errstate(over="ignore"):
+                p = 1.0 / (1.0 + np.exp(-maps[0, 0]))
             ys, xs = np.nonzero(p >= t0)
             if len(ys) == 0:
                 continue
-            reg = offsets[0][:, ys, xs].T
+            reg = maps[0, 1:][:, ys, xs].T
             cand = np.stack(
                 [
                     np.floor((2 * xs + 1) / s),

@@ -45,3 +45,14 @@ def _deterministic_torch():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The fetched dlib face-recognition model (``fuseface.load("dlib-resnet")``); skips when it has
+    not been fetched, fails instead when ``FUSEFACE_REQUIRE_DLIB=1`` (set by ``.ci/run``)."""
+    import fuseface
+    from fuseface.infer.pretrained import FETCH_COMMAND, is_fetched
+
+    require_or_skip(is_fetched(), f"dlib-resnet not fetched: run `{FETCH_COMMAND}`", "FUSEFACE_REQUIRE_DLIB")
+    return fuseface.load("dlib-resnet")

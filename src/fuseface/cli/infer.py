@@ -8,10 +8,21 @@ the rest goes on.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-MODEL_HELP = "fuseface model file (.safetensors with architecture metadata)."
+MODEL_HELP = (
+    "fuseface model file (.safetensors with architecture metadata) or a fetched pretrained name; "
+    "default: dlib-resnet (after `fuseface models fetch dlib-resnet`)."
+)
+
+
+def _load(model: Path | None) -> Any:
+    import fuseface
+    from fuseface.infer.pretrained import default_model
+
+    return fuseface.load(str(model) if model is not None else str(default_model()))
 
 
 def _report_errors(errors: dict[int, str]) -> None:
@@ -32,7 +43,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("embed")
     def embed(
         images: list[Path] = typer.Argument(..., help="Photos or aligned crops (files or folders)."),
-        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
         out: Path = typer.Option(Path("embeddings.npz"), help="Output .npz: embeddings, norms, paths, ok."),
         flip: bool = typer.Option(False, help="Add the embedding of the mirrored crop (flip-sum)."),
         detect: bool = typer.Option(None, "--detect/--no-detect", help="Force / forbid detection (default: auto)."),
@@ -41,10 +52,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         """Embed photos (detect + align) or crops; writes un-normalised embeddings and their norms."""
         import numpy as np
 
-        import fuseface
-
         paths = [p for item in images for p in (_gallery_images(item) if item.is_dir() else [item])]
-        fm = fuseface.load(str(model))
+        fm = _load(model)
         res = fm.embed_photos(paths, batch_size=batch_size, flip=flip, detect=detect, progress=len(paths) > 20)
         _report_errors(res.errors)
         np.savez(out, embeddings=res.embeddings, norms=res.norms, paths=np.asarray([str(p) for p in paths]), ok=res.ok)
@@ -54,14 +63,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def compare(
         image_a: Path = typer.Argument(..., help="First photo or aligned crop."),
         image_b: Path = typer.Argument(..., help="Second photo or aligned crop."),
-        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-        threshold: float = typer.Option(None, help="Cosine threshold for 'same' (default: model's or 0.3)."),
+        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+        threshold: float = typer.Option(None, help="Cosine threshold for 'same' (default: the model's, else 0.3)."),
         flip: bool = typer.Option(False, help="Flip-sum embeddings."),
     ) -> None:
         """Cosine similarity of the faces in two images and a same / different verdict."""
-        import fuseface
 
-        fm = fuseface.load(str(model))
+        fm = _load(model)
         r = fm.compare(image_a, image_b, threshold=threshold, flip=flip)
         verdict = "same person" if r["same"] else "different people"
         typer.echo(f"similarity {r['similarity']:.4f} (threshold {r['threshold']:.3f}): {verdict}")
@@ -69,7 +77,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("fuse")
     def fuse(
         images: list[Path] = typer.Argument(..., help="Photos (or crops) of one person."),
-        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
         method: str = typer.Option("average", help="average | norm_weighted | caface."),
         fusion_weights: Path = typer.Option(None, help="Fusion weights file (required for caface)."),
         out: Path = typer.Option(None, help="Write the fused L2-normalised template (.npy)."),
@@ -81,7 +89,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         import fuseface
         from fuseface.errors import ConfigError, DataError
 
-        fm = fuseface.load(str(model))
+        fm = _load(model)
         if method == "caface":
             if fusion_weights is None:
                 raise ConfigError("--method caface needs --fusion-weights (a CAFace fusion weights file)")
@@ -119,16 +127,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def search(
         gallery: Path = typer.Option(..., help="Folder of gallery photos; the identity is the sub-folder name."),
         probe: Path = typer.Option(..., help="Probe photo."),
-        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
         k: int = typer.Option(5, "-k", help="Number of neighbours."),
         backend: str = typer.Option("auto", help="auto (faiss if installed) | numpy | faiss."),
     ) -> None:
         """Rank the gallery photos by cosine similarity to the probe."""
-        import fuseface
         from fuseface.errors import DataError
         from fuseface.infer.index import create_index
 
-        fm = fuseface.load(str(model))
+        fm = _load(model)
         paths = _gallery_images(gallery)
         res = fm.embed_photos(paths, progress=len(paths) > 20)
         _report_errors(res.errors)

@@ -4,8 +4,9 @@
 17 first: it handles IResNet/MSConv/LGAF graphs (PReLU, BN, flatten, Linear) without the extra
 constraints of the dynamo exporter; if it fails, the dynamo exporter is tried
 (``dynamic_shapes`` on the batch dimension). The graph has one input ``input`` of shape
-``(batch, 3, S, S)`` (normalised ``(x/255 - 0.5)/0.5``, in the model's channel order) and one
-output ``embedding`` ``(batch, D)``, un-normalised.
+``(batch, 3, S, S)`` (normalised ``(x - pixel_mean) / pixel_std`` as the model file states, stored
+with the alignment template in the ONNX metadata; insightface's ``(x/255 - 0.5)/0.5`` by default,
+in the model's channel order) and one output ``embedding`` ``(batch, D)``, un-normalised.
 
 :func:`check_onnx` runs the file with onnxruntime (CPU) and returns the max absolute difference to
 the PyTorch model on the same random batch.
@@ -124,6 +125,9 @@ def export_model_file(model_path: str | Path, onnx_path: str | Path, fold_bn: bo
         "fuseface_arch_kwargs": json.dumps(meta.arch_kwargs),
         "channel_order": meta.channel_order,
         "input_size": str(meta.input_size),
+        "template": meta.template,
+        "pixel_mean": json.dumps(list(meta.pixel_mean)),
+        "pixel_std": json.dumps(list(meta.pixel_std)),
     }
     export_onnx(net, onnx_path, input_size=meta.input_size, metadata=props)
     diff = check_onnx(net, onnx_path, input_size=meta.input_size)

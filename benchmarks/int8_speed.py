@@ -121,8 +121,10 @@ def main() -> None:
             x = fm.to_input(test[: args.batch])
             xcl = x.contiguous(memory_format=torch.channels_last)
             variants = {
-                "torch fp32": lambda v: fm.net(v),
-                "torch fp32 folded+channels_last": lambda v: folded(v.contiguous(memory_format=torch.channels_last)),
+                "torch fp32": fm.net,
+                "torch fp32 folded+channels_last": lambda v, f=folded: f(
+                    v.contiguous(memory_format=torch.channels_last)
+                ),
                 "onnxruntime fp32 folded": ort32,
                 "onnxruntime int8 static": int8.net,
             }

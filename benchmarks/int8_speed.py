@@ -151,7 +151,7 @@ def main() -> None:
 
                 pairs = [
                     p
-                    for p in read_pairs(args.journal.parents[3] / "shared" / "data" / "lfw" / "pairs.txt")
+                    for p in read_pairs(source.parent / "pairs.txt")
                     if p.path1 in lmk and p.path2 in lmk
                 ]
                 pairs = pairs[: args.pairs - args.pairs % 10]

@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--journal", type=Path, default=Path("/work/cache/lfw_mtcnn/faces.jsonl"))
     parser.add_argument("--source", type=Path, default=None, help="photo root (default: source.txt beside it)")
     parser.add_argument("--every", type=int, default=20)
+    parser.add_argument(
+        "--first", type=int, default=None, help="only the first N journal lines (those the reference engine wrote)"
+    )
     parser.add_argument("--tol", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -41,6 +44,7 @@ def main() -> None:
 
     source = args.source or Path((args.journal.parent / "source.txt").read_text().strip())
     records = [json.loads(line) for line in args.journal.read_text().splitlines() if line.strip()]
+    records = records[: args.first]
     records = sorted(records, key=lambda r: r["source"])[:: args.every]
     detector = MTCNN()
     worst_box = worst_lmk = 0.0

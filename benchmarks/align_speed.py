@@ -1,6 +1,8 @@
 """Detection + alignment speed and detection rate on LFW; reduced-precision backbone inference.
 
     python benchmarks/align_speed.py                 # 1,000 LFW photos (every 13th), ~2 min
+    python benchmarks/align_speed.py --compare --threads 2 --count 300
+                                                     # reference vs fast engine, side by side
     python benchmarks/align_speed.py --full          # detection rate over all 13,233 LFW photos
     python benchmarks/align_speed.py --precision     # also: ir18/ir50 fp32 vs folded vs bf16 vs int8
 
@@ -80,6 +82,70 @@ def bench_detection(files: list[Path]) -> dict[str, float]:
     }
 
 
+def matmul_gflops(threads: int, size: int = 1024, reps: int = 10) -> float:
+    """fp32 matrix-multiply GFLOP/s of this machine right now (best of ``reps``)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def bench_engines(files: list[Path]) -> dict[str, dict[str, float]]:
+    """Read + detect + align with the reference and the fast MTCNN engine, photo by photo in
+    alternation (so both see the same load), plus the fast engine on batches of 8 photos."""
+    from fuseface.align.detector import select_faces
+    from fuseface.align.mtcnn import MTCNN
+    from fuseface.align.pipeline import read_photo
+    from fuseface.align.similarity import align_face
+
+    engines = {"reference": MTCNN(engine="reference"), "fast": MTCNN()}
+    warm = read_photo(files[0])
+    for det in engines.values():
+        det.detect(warm)
+    wall = dict.fromkeys(engines, 0.0)
+    cpu = dict.fromkeys(engines, 0.0)
+    found = dict.fromkeys(engines, 0)
+    for path in files:
+        for name, detector in engines.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            image = read_photo(path)
+            det = detector.detect(image)
+            if len(det):
+                found[name] += 1
+                align_face(image, det.landmarks[select_faces(det, image.shape, "central")[0]])
+            wall[name] += time.perf_counter() - w0
+            cpu[name] += time.process_time() - c0
+    fast = engines["fast"]
+    w0, c0 = time.perf_counter(), time.process_time()
+    batched_found = 0
+    for k in range(0, len(files), 8):
+        images = [read_photo(p) for p in files[k : k + 8]]
+        for image, det in zip(images, fast.detect_batch(images), strict=True):
+            if len(det):
+                batched_found += 1
+                align_face(image, det.landmarks[select_faces(det, image.shape, "central")[0]])
+    wall["fast, batches of 8"] = time.perf_counter() - w0
+    cpu["fast, batches of 8"] = time.process_time() - c0
+    found["fast, batches of 8"] = batched_found
+    n = len(files)
+    return {
+        name: {
+            "photos": n,
+            "detected": found[name],
+            "photos_per_s": n / wall[name],
+            "photos_per_cpu_s": n / cpu[name],
+            "speedup_vs_reference": wall["reference"] / wall[name],
+            "cpu_speedup_vs_reference": cpu["reference"] / cpu[name],
+        }
+        for name in wall
+    }
+
+
 def bench_precision(arch: str, batch: int, iters: int) -> dict[str, dict[str, float]]:
     import fuseface
     from fuseface.infer.optimize import prepare_for_inference, quantize_dynamic_int8
@@ -135,14 +201,27 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--archs", default="ir18,ir50", help="backbones for --precision")
     parser.add_argument("--skip-detection", action="store_true", help="only the --precision table")
+    parser.add_argument("--compare", action="store_true", help="reference vs fast MTCNN engine, side by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shared = Path(os.environ.get("FUSEFACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
     result: dict[str, object] = {"threads": args.threads, "loadavg_start": os.getloadavg()[0]}
     if RESULTS.is_file():  # keep the other section of a previous run
         previous = json.loads(RESULTS.read_text())
-        result.update({k: v for k, v in previous.items() if k.startswith(("lfw_", "precision_"))})
-    if not args.skip_detection:
+        result.update({k: v for k, v in previous.items() if k.startswith(("lfw_", "precision_", "engines"))})
+    if args.compare:
+        gflops = matmul_gflops(args.threads)
+        res = bench_engines(lfw_photos(shared, False, args.count))
+        torch.set_num_threads(args.threads)
+        result["engines"] = {"threads": args.threads, "matmul_gflops": gflops, "results": res}
+        print(f"MTCNN engines, read + detect + align, {args.threads} thread(s), matmul {gflops:.0f} GFLOP/s")
+        print(f"  {'engine':<20} {'photos':>6} {'found':>6} {'photos/s':>9} {'photos/CPU-s':>12} {'speed-up':>8}")
+        for name, v in res.items():
+            print(
+                f"  {name:<20} {v['photos']:>6} {v['detected']:>6} {v['photos_per_s']:>9.1f} "
+                f"{v['photos_per_cpu_s']:>12.1f} {v['speedup_vs_reference']:>7.2f}x"
+            )
+    elif not args.skip_detection:
         det = bench_detection(lfw_photos(shared, args.full, args.count))
         result["lfw_detection_full" if args.full else "lfw_detection"] = det
         header = ("photos", "detected", "rate", "img/s", "read ms", "detect ms", "align ms")

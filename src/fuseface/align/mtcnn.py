@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,6 +168,10 @@ class MTCNN(nn.Module):
             (coordinates are mapped back); keeps time and memory bounded on huge photos.
         weights_dir: folder with ``pnet.pt``, ``rnet.pt``, ``onet.pt``; default the fuseface cache.
         pretrained: load the published weights (a clear error tells how to fetch them when absent).
+        engine: ``"fast"`` (default; :mod:`fuseface.align.mtcnn_fast`: integral-image crops, nets
+            through ONNX Runtime when installed, R-/O-Net batched across photos) or
+            ``"reference"`` (the straightforward cascade below, one resize per box). Both compute
+            the same detections to float rounding.
     """
 
     def __init__(
@@ -177,8 +182,13 @@ class MTCNN(nn.Module):
         max_side: int = 1600,
         weights_dir: str | Path | None = None,
         pretrained: bool = True,
+        engine: str = "fast",
     ) -> None:
         super().__init__()
+        if engine not in ("fast", "reference"):
+            raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
+        self.engine = engine
+        self._fast: Any = None
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         self.min_face_size = float(min_face_size)
         self.thresholds = tuple(float(t) for t in thresholds)
@@ -293,9 +303,8 @@ class MTCNN(nn.Module):
             landmarks=lmk[pick].astype(np.float32),
         )
 
-    @torch.inference_mode()
-    def detect(self, image: np.ndarray) -> Detections:
-        """Detect faces in one uint8 H x W x 3 **RGB** image (grey H x W is accepted too)."""
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Check an image, make it RGB, and downscale it above ``max_side``; returns it and the ratio."""
         image = np.asarray(image)
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -309,11 +318,10 @@ class MTCNN(nn.Module):
 
             ratio = max(h, w) / self.max_side
             image = cv2.resize(image, (round(w / ratio), round(h / ratio)), interpolation=cv2.INTER_AREA)
-        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-        boxes = self._stage1(img)
-        if len(boxes):
-            boxes = self._stage2(img, boxes)
-        det = self._stage3(img, boxes) if len(boxes) else Detections()
+        return np.ascontiguousarray(image), ratio
+
+    @staticmethod
+    def _finish(det: Detections, ratio: float) -> Detections:
         if ratio != 1.0 and len(det):
             # the detection ran on a resized copy: map pixel centres back ((p + 0.5) * r - 0.5)
             det.boxes = ((det.boxes + 0.5) * ratio - 0.5).astype(np.float32)
@@ -321,6 +329,32 @@ class MTCNN(nn.Module):
         order = np.argsort(-det.scores, kind="stable")
         return Detections(det.boxes[order], det.scores[order], det.landmarks[order])
 
+    @torch.inference_mode()
+    def detect_reference(self, image: np.ndarray) -> Detections:
+        """The straightforward cascade (``engine="reference"``) on one image."""
+        image, ratio = self._prepare(image)
+        img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        boxes = self._stage1(img)
+        if len(boxes):
+            boxes = self._stage2(img, boxes)
+        det = self._stage3(img, boxes) if len(boxes) else Detections()
+        return self._finish(det, ratio)
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """Detect faces in several images; the fast engine runs R-/O-Net once for all of them."""
+        if self.engine == "reference":
+            return [self.detect_reference(im) for im in images]
+        if self._fast is None:
+            from fuseface.align.mtcnn_fast import FastCascade
+
+            self._fast = FastCascade(self)
+        prepared = [self._prepare(im) for im in images]
+        dets = self._fast.detect_batch([im for im, _ in prepared])
+        return [self._finish(d, r) for d, (_, r) in zip(dets, prepared, strict=True)]
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Detect faces in one uint8 H x W x 3 **RGB** image (grey H x W is accepted too)."""
+        return self.detect_batch([image])[0]
 
 @torch.inference_mode()
 def faceness(onet: ONet, crops: list[np.ndarray]) -> np.ndarray:

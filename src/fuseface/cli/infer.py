@@ -158,9 +158,24 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         onnx: Path = typer.Option(..., "--onnx", help="Output ONNX file (dynamic batch axis, opset 17)."),
         fold_bn: bool = typer.Option(False, help="Fold batch norms before exporting."),
         max_images: int = typer.Option(32, help="CAFace fusion files: fixed set size N (padded, with a mask)."),
+        int8: bool = typer.Option(False, "--int8", help="Static int8 (ONNX Runtime QDQ), needs --calibration."),
+        calibration: Path = typer.Option(None, help="--int8: folder of aligned face crops (a few hundred used)."),
     ) -> None:
         """Export a model (or a CAFace fusion weights file) to ONNX and check it against onnxruntime."""
         from fuseface.infer.export import export_fusion_file, export_model_file, is_fusion_file
+
+        if int8:
+            from fuseface.errors import ConfigError
+            from fuseface.infer.quantize import export_int8_file
+
+            if calibration is None:
+                raise ConfigError("--int8 needs --calibration FOLDER (aligned face crops)")
+            q = export_int8_file(model, onnx, calibration)
+            typer.echo(
+                f"wrote {q['path']} (static int8, {q['calibration_images']} calibration faces); "
+                f"cosine to fp32 on them: min {q['cosine_min']:.4f}, mean {q['cosine_mean']:.4f}"
+            )
+            return
 
         if is_fusion_file(model):
             info = export_fusion_file(model, onnx, max_images=max_images)

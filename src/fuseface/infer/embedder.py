@@ -125,6 +125,20 @@ class FaceModel:
         feats = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
         return feats, np.linalg.norm(feats, axis=1)
 
+    def to_int8(self, calibration: np.ndarray, path: str | Path | None = None, method: str = "minmax") -> FaceModel:
+        """A copy running a static int8 ONNX Runtime version of the network (the ``precision="int8"``
+        path; :mod:`fuseface.infer.quantize`), calibrated on aligned uint8 crops (N, S, S, 3), a
+        few hundred real faces; the ONNX file goes to ``path`` (default: a temporary folder)."""
+        import tempfile
+
+        from fuseface.infer.quantize import OnnxBackbone, quantize_backbone
+
+        if path is None:
+            path = Path(tempfile.mkdtemp(prefix="fuseface-int8-")) / "model.int8.onnx"
+        calib = self.to_input(np.asarray(calibration, dtype=np.uint8)).float().cpu().numpy()
+        onnx_path = quantize_backbone(self.net, calib, path, self.input_size, method=method)
+        return FaceModel(OnnxBackbone(onnx_path, self.input_size), self.meta)
+
     def _match_input(self, x: torch.Tensor) -> torch.Tensor:
         """Cast the batch to the network's dtype and memory format (set by ``optimize``)."""
         param = next(self.net.parameters(), None)

@@ -51,7 +51,8 @@ def load(oracles: Path, folder: str, name: str):
 
 def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str) -> None:
     """``max|actual - expected| <= rtol * max|expected|`` (shapes equal)."""
-    assert tuple(actual.shape) == tuple(expected.shape), f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    shapes = (tuple(actual.shape), tuple(expected.shape))
+    assert shapes[0] == shapes[1], f"{what}: shape {shapes[0]} != {shapes[1]}"
     scale = float(expected.abs().max())
     err = float((actual.double() - expected.double()).abs().max())
     assert err <= rtol * scale, f"{what}: max|diff| {err:.3g} > {rtol:g} x max|ref| {scale:.3g}"
@@ -193,7 +194,7 @@ def test_caface_aggregator_calls(oracles: Path, caface_weights: OrderedDict, cas
     # (d) the internals of the one-shot call
     d = ref["d"]
     with torch.inference_mode():
-        assignment, mass, mu, sigma = model.cluster(f_mag[None], compressed[None])
+        assignment, _mass, mu, sigma = model.cluster(f_mag[None], compressed[None])
         aggregated, weights = model.fusion_net.aggregate(mu, sigma)
     torch.testing.assert_close(assignment, d["assignment_attn"][:, 0], rtol=0, atol=atol)
     torch.testing.assert_close(mu, d["cluster_feature"], rtol=0, atol=atol)

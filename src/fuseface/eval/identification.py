@@ -92,14 +92,20 @@ def tpir_at_fpir(
 
 
 def dir_far(
-    score_mat: np.ndarray, label_mat: np.ndarray, ranks: Sequence[int] = (1,), fars: Sequence[float] = (1.0,)
+    score_mat: np.ndarray,
+    label_mat: np.ndarray,
+    ranks: Sequence[int] = (1,),
+    fars: Sequence[float] = (1.0,),
+    far_rounding: str = "round",
 ) -> tuple[np.ndarray, np.ndarray]:
     """PFE's ``DIR_FAR`` (used by AdaFace for TinyFace and IJB-S): detection and identification
     rate at each (FAR, rank), over the probes with a mate.
 
     Thresholds: FAR >= 1 alone -> ``min(score) - 1e-10`` (closed set); otherwise from the best
-    score of each non-mated probe sorted high to low: ``k = int(n_nonmated * far)``; ``k == 0``
-    -> highest + 1e-8, else the k-th highest. A mated probe counts at (far, rank) when its mate's
+    score of each non-mated probe sorted high to low: ``k = round(n_nonmated * far)`` false alarms
+    (``np.round``, as AdaFace's ``tinyface_helper.find_thresholds_by_FAR``; checked against its
+    output in ``tests/test_official_parity_metrics.py``; PFE's original truncates, ``far_rounding="floor"``);
+    ``k == 0`` -> highest + 1e-8, else the k-th highest. A mated probe counts at (far, rank) when its mate's
     score is ``>=`` the threshold and a mate is within the top ``rank`` (mate rank = 1 + number of
     entries scoring strictly higher than the best mate; PFE sorts with ``argsort``, whose order
     among equal scores is arbitrary). Returns ``(DIRs (F, R), thresholds (F,))``.
@@ -117,7 +123,10 @@ def dir_far(
         if nm.shape[0] == 0:
             raise ValueError("open-set identification (FAR < 1) needs at least one non-mated probe")
         neg = np.sort(nm.max(1))[::-1]
-        ks = (len(neg) * np.asarray(fars)).astype(np.int32)
+        if far_rounding not in ("round", "floor"):
+            raise ValueError(f"far_rounding must be 'round' or 'floor', got {far_rounding!r}")
+        counts = len(neg) * np.asarray(fars)
+        ks = (np.round(counts) if far_rounding == "round" else counts).astype(np.int32)
         thresholds = np.array([neg[0] + 1e-8 if k == 0 else neg[k - 1] for k in ks])
     dirs = np.zeros((len(thresholds), len(ranks)))
     for i, th in enumerate(thresholds):

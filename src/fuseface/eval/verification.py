@@ -118,6 +118,7 @@ def evaluate(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int
     ``emb1``/``emb2``: (P, D) embeddings (any norm; normalised here). ``issame``: (P,) bool.
     Returns ``accuracy`` (per-fold array), ``accuracy_mean``, ``accuracy_std`` (ddof=0),
     ``best_thresholds`` (per fold, squared-L2 units), ``val``, ``val_std``, ``far`` (means over folds),
+    ``val_per_fold``, ``far_per_fold``, ``val_thresholds`` (the interpolated threshold of each fold),
     ``tpr``/``fpr`` (the reference's mean ROC over folds at the 400 thresholds) and ``num_pairs``.
     A fold without positives (or negatives) gives VAL (FAR) NaN where the reference would divide by zero.
     """
@@ -150,6 +151,7 @@ def evaluate(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int
     _, vneg_b, _, vn_neg = _counts_below(dist, issame, folds, vthresholds)
     val = np.zeros(len(folds))
     far = np.zeros(len(folds))
+    val_thresholds = np.zeros(len(folds))
     for k, (a, b) in enumerate(folds):
         train_neg = vn_neg.sum() - vn_neg[k]
         far_train = (vneg_b.sum(0) - vneg_b[k]).astype(np.float64) / float(train_neg) if train_neg else None
@@ -157,6 +159,7 @@ def evaluate(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int
             threshold = _interp_slinear_legacy(far_train, vthresholds, FAR_TARGET)
         else:
             threshold = 0.0
+        val_thresholds[k] = threshold
         d, s = dist[a:b], issame[a:b]
         predict = np.less(d, threshold)
         ta = np.sum(np.logical_and(predict, s))
@@ -173,6 +176,9 @@ def evaluate(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int
         "val": float(np.mean(val)),
         "val_std": float(np.std(val)),
         "far": float(np.mean(far)),
+        "val_per_fold": val,
+        "far_per_fold": far,
+        "val_thresholds": val_thresholds,
         "tpr": np.mean(tprs, 0),
         "fpr": np.mean(fprs, 0),
         "num_pairs": int(issame.size),

@@ -119,10 +119,3 @@ def test_flip_sum_and_interleaved_layout() -> None:
     np.testing.assert_array_equal(r1["accuracy"], r2["accuracy"])
     with pytest.raises(ValueError):
         flip_sum(a, b[:3])
-
-
-def test_nan_embeddings_are_refused() -> None:
-    e = np.ones((20, 3))
-    e[3, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        evaluate(e, np.ones((20, 3)), np.ones(20, bool))

@@ -98,7 +98,15 @@ def _finish(
     table.add_column("value", justify="right")
     for k, v in head.items():
         table.add_row(k, f"{v:.2f}")
-    for k in ("invalid_images", "empty_templates", "pairs_with_empty_template", "empty_probe_templates"):
+    for k in (
+        "invalid_images",
+        "invalid_pairs",
+        "invalid_probes",
+        "invalid_gallery",
+        "empty_templates",
+        "pairs_with_empty_template",
+        "empty_probe_templates",
+    ):
         if metrics.get(k):
             table.add_row(k, str(metrics[k]))
     Console().print(table)
@@ -354,18 +362,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """TinyFace closed-set identification (rank 1/5/20, distractors in the gallery)."""
         from fuseface.data.tinyface import load_tinyface
-        from fuseface.eval.identification import cmc, mate_ranks
+        from fuseface.eval.identification import closed_set
 
         _need_one(model, features)
         proto = load_tinyface(root, images_dir)
         emb, ff = _unit_features_of_images(proto.image_paths, model, features, flip_features, batch_size, flip)
         probe, gallery = proto.split(emb)
-        m = {
-            "cmc": cmc(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20)),
-            "num_probes": len(proto.probe_paths),
-            "num_gallery": len(gallery),
-        }
-        r, _ = mate_ranks(probe, proto.probe_labels, gallery, proto.gallery_labels)
+        m = closed_set(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20))
+        r = m.pop("mated_ranks")
         _finish(out, "TinyFace", {"flip": bool(flip and ff is not None)}, m, plot, cmc_ranks={"TinyFace": r})
 
     @ev.command("scface")
@@ -386,7 +390,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """SCface: mugshot gallery vs surveillance probes, rank-1/5 per distance (our documented split)."""
         from fuseface.data.scface import load_scface
-        from fuseface.eval.identification import cmc, mate_ranks
+        from fuseface.eval.identification import closed_set
 
         _need_one(model, features)
         proto = load_scface(root, split)
@@ -395,8 +399,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         per, curves = {}, {}
         for d, feats in probes.items():
             labels = proto.probes[d][1]
-            per[d] = {"cmc": cmc(feats, labels, gallery, proto.gallery_labels, ranks=(1, 5)), "num_probes": len(labels)}
-            curves[d] = mate_ranks(feats, labels, gallery, proto.gallery_labels)[0]
+            per[d] = closed_set(feats, labels, gallery, proto.gallery_labels, ranks=(1, 5))
+            curves[d] = per[d].pop("mated_ranks")
         m = {"per_distance": per, "num_gallery": len(gallery)}
         _finish(
             out, f"SCface ({split})", {"flip": bool(flip and ff is not None), "split": split}, m, plot, cmc_ranks=curves

@@ -140,8 +140,12 @@ def lfw_pairs_protocol(
     features: np.ndarray, idx1: np.ndarray, idx2: np.ndarray, issame: np.ndarray, nfolds: int = 10
 ) -> dict:
     """10-fold verification (:func:`fuseface.eval.verification.evaluate`) of image features
-    ``features`` (one row per distinct image) over the pairs ``(idx1[k], idx2[k])``."""
+    ``features`` (one row per distinct image) over the pairs ``(idx1[k], idx2[k])``; pairs with an
+    invalid feature are scored as misses and counted (``invalid_pairs``, ``invalid_images``)."""
+    from fuseface.eval.invalid import invalid_rows
     from fuseface.eval.verification import evaluate
 
     features = np.asarray(features)
-    return evaluate(features[idx1], features[idx2], issame, nfolds=nfolds)
+    result = evaluate(features[idx1], features[idx2], issame, nfolds=nfolds)
+    result["invalid_images"] = int(invalid_rows(features).sum())
+    return result

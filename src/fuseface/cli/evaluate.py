@@ -22,7 +22,11 @@ OUT_HELP = "Result JSON file or run directory (result.json inside)."
 
 
 # ----------------------------------------------------------------------------- helpers (orchestration)
-def _load_npy(path: Path | None, what: str) -> Any:
+IJB_FUSIONS = ("insightface", "average", "norm_weighted", "score_weighted", "caface")
+IJBS_FUSIONS = ("norm_sum", "average", "norm_weighted", "caface")
+
+
+def _load_npy(path: Path | None, what: str, ndim: int = 2) -> Any:
     if path is None:
         return None
     import numpy as np
@@ -33,11 +37,57 @@ def _load_npy(path: Path | None, what: str) -> Any:
         raise DataError(f"{path}: {what} file not found")
     try:
         arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:
         raise DataError(f"{path}: not a numeric .npy array ({exc})") from exc
-    if arr.ndim != 2:
-        raise DataError(f"{path}: {what} must be 2-D (rows, dim), got shape {arr.shape}")
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise DataError(f"{path}: {what} must be a numeric .npy array, got {getattr(arr, 'dtype', type(arr))}")
+    if arr.ndim != ndim:
+        shape = "(rows, dim)" if ndim == 2 else "(rows, channels, 2)"
+        raise DataError(f"{path}: {what} must be {ndim}-D {shape}, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise DataError(f"{path}: {what} file holds no rows")
     return arr
+
+
+def _load_features(features: Path | None, flip_features: Path | None, rows: int, order: str) -> tuple[Any, Any]:
+    """``--features`` (and ``--flip-features``) checked against the protocol: ``rows`` rows (one per
+    image in ``order``), the flip file of the same shape; errors name the file."""
+    from fuseface.errors import DataError
+
+    f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+    if f.shape[0] != rows:
+        raise DataError(f"{features}: {f.shape[0]} rows, but {order} has {rows} images (one row per image)")
+    if ff is not None and ff.shape != f.shape:
+        raise DataError(f"{flip_features}: shape {ff.shape} differs from {features} {f.shape}")
+    return f, ff
+
+
+def _load_styles(styles: Path | None, rows: int, fusion: str) -> Any:
+    """The ``--styles`` array (rows, channels, 2) that CAFace fusion needs, checked against the features."""
+    from fuseface.errors import ConfigError, DataError
+
+    if fusion != "caface":
+        return None
+    if styles is None:
+        raise ConfigError("--fusion caface needs --styles (styles.npy, one (channels, 2) row per image)")
+    arr = _load_npy(styles, "styles", ndim=3)
+    if arr.shape[0] != rows or arr.shape[2] != 2:
+        raise DataError(f"{styles}: styles shape {arr.shape}, expected ({rows}, channels, 2) to match the features")
+    return arr
+
+
+def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    from fuseface.errors import ConfigError
+
+    if value not in choices:
+        raise ConfigError(f"{option} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _check_nfolds(nfolds: int, pairs: int) -> None:
+    from fuseface.errors import ConfigError
+
+    if not 2 <= nfolds <= pairs:
+        raise ConfigError(f"--nfolds {nfolds}: need 2 <= nfolds <= number of pairs ({pairs})")
 
 
 def _need_one(model: Path | None, features: Path | None) -> None:
@@ -137,6 +187,7 @@ def _unit_features_of_images(
     flip_features: Path | None,
     batch_size: int,
     flip: bool,
+    order: str,
 ) -> tuple[Any, Any]:
     """Unit features of ``paths`` (images read from disk and embedded, or rows of ``features``),
     flip-summed first when mirrored features exist; returns them and the flip features (or None)."""
@@ -146,7 +197,7 @@ def _unit_features_of_images(
     if model is not None:
         f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]], batch_size, flip)
     else:
-        f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+        f, ff = _load_features(features, flip_features, len(paths), order)
     return _normalize(flip_sum(f, ff) if (flip and ff is not None) else f), ff
 
 
@@ -184,6 +235,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _need_one(model, features)
         pairs = lfw.read_pairs(root / "pairs.txt")[: max_pairs or None]
         paths, i1, i2, issame = lfw.pair_image_index(pairs)
+        _check_nfolds(nfolds, len(pairs))
         if model is not None:
             src = images_dir or root / lfw.IMAGE_SUBDIR
             c = None if images_dir else crop
@@ -193,11 +245,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
             f, ff = _embed_stream(model, len(paths), load, batch_size, flip)
         else:
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
-            if f.shape[0] != len(paths):
-                from fuseface.errors import DataError
-
-                raise DataError(f"{features}: {f.shape[0]} rows, the pairs use {len(paths)} distinct images")
+            f, ff = _load_features(features, flip_features, len(paths), "the distinct images of pairs.txt")
         emb = flip_sum(f, ff) if (flip and ff is not None) else f
         m = lfw.lfw_pairs_protocol(emb, i1, i2, issame, nfolds=nfolds)
         switches = {
@@ -234,10 +282,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _need_one(model, features)
         if model is not None:
             images, issame = load_bin(path)
+            _check_nfolds(nfolds, len(issame))
             f, ff = _embed_stream(model, len(images), lambda a, b: images[a:b], batch_size, flip)
         else:
             issame = read_bin_labels(path)
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+            _check_nfolds(nfolds, len(issame))
+            f, ff = _load_features(features, flip_features, 2 * len(issame), str(path))
         emb = flip_sum(f, ff) if (flip and ff is not None) else f
         m = evaluate_interleaved(emb, issame, nfolds=nfolds)
         switches = {"flip": bool(flip and ff is not None), "nfolds": nfolds}
@@ -282,7 +332,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         plot: bool = typer.Option(False, "--plot", help="Save the ROC (1:1) or CMC (1:N) curve as PNG."),
     ) -> None:
         """IJB-B / IJB-C 1:1 verification or 1:N identification."""
-        import numpy as np
 
         from fuseface.data.ijb import load_ijb
         from fuseface.errors import ConfigError
@@ -291,6 +340,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _need_one(model, features)
         if task not in ("1:1", "1:N", "1:n"):
             raise ConfigError(f"--task must be 1:1 or 1:N, got {task!r}")
+        _check_choice("--fusion", fusion, IJB_FUSIONS)
         one_n = task.upper() == "1:N"
         # 1:1: a helper process parses the pair file while the features are computed or loaded
         proto = load_ijb(root, target, one_to_n=one_n, pairs=False if one_n else "background")
@@ -306,7 +356,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
             f, ff = _embed_stream(model, proto.num_images, load, batch_size, flip_test)
         else:
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+            f, ff = _load_features(features, flip_features, proto.num_images, f"the {proto.target} landmark file")
+        style_rows = _load_styles(styles, proto.num_images, fusion)
         tfeat = None
         if fusion != "insightface":
             from fuseface.eval.templates import fuse_templates
@@ -316,7 +367,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 raw,
                 proto.templates,
                 fusion,
-                styles=np.load(styles) if styles else None,
+                styles=style_rows,
                 scores=proto.faceness if fusion == "score_weighted" else None,
                 chunk_size=chunk_size,
                 model=str(fusion_model) if fusion_model else None,
@@ -366,7 +417,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         _need_one(model, features)
         proto = load_tinyface(root, images_dir)
-        emb, ff = _unit_features_of_images(proto.image_paths, model, features, flip_features, batch_size, flip)
+        emb, ff = _unit_features_of_images(
+            proto.image_paths,
+            model,
+            features,
+            flip_features,
+            batch_size,
+            flip,
+            "TinyFace (probes, matches, distractors)",
+        )
         probe, gallery = proto.split(emb)
         m = closed_set(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20))
         r = m.pop("mated_ranks")
@@ -393,8 +452,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from fuseface.eval.identification import closed_set
 
         _need_one(model, features)
+        _check_choice("--split", split, ("all", "test80"))
         proto = load_scface(root, split)
-        emb, ff = _unit_features_of_images(proto.image_paths, model, features, flip_features, batch_size, flip)
+        emb, ff = _unit_features_of_images(
+            proto.image_paths, model, features, flip_features, batch_size, flip, f"SCface split {split}"
+        )
         gallery, probes = proto.split_features(emb)
         per, curves = {}, {}
         for d, feats in probes.items():
@@ -425,23 +487,26 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             help="norm_sum (sum of raw features, then L2) or a set-fusion method: average, norm_weighted, caface.",
         ),
         fusion_model: Path | None = typer.Option(None, "--fusion-model", help="Weights of the fusion module."),
+        styles: Path | None = typer.Option(
+            None, "--styles", help="styles.npy (N, 384, 2), rows as --features; needed by --fusion caface."
+        ),
         chunk_size: int | None = typer.Option(None, "--chunk-size"),
         out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
     ) -> None:
         """IJB-S identification (rank 1/5/10, TPIR at FPIR 1%/10%) from precomputed features."""
         import numpy as np
 
-        from fuseface.data.ijbs import load_ijbs, read_image_list
+        from fuseface.data.ijbs import PROTOCOLS, load_ijbs, read_image_list
         from fuseface.eval.identification import two_gallery_identification
-        from fuseface.eval.templates import invalid_rows
+        from fuseface.eval.invalid import invalid_rows
 
-        f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
-        f = f + ff if ff is not None else f
+        _check_choice("--fusion", fusion, IJBS_FUSIONS)
+        for name in protocol:
+            _check_choice("--protocol", name, tuple(PROTOCOLS))
         names = read_image_list(image_list)
-        if len(names) != f.shape[0]:
-            from fuseface.errors import DataError
-
-            raise DataError(f"{features}: {f.shape[0]} rows, {image_list} lists {len(names)} images")
+        f, ff = _load_features(features, flip_features, len(names), str(image_list))
+        f = f + ff if ff is not None else f
+        style_rows = _load_styles(styles, len(names), fusion)
         bad = invalid_rows(f)
 
         def templates(rows_list: list[Any]) -> tuple[Any, int]:
@@ -456,8 +521,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 else:
                     from fuseface.nn.fusion import fuse_features
 
+                    kw = {"styles": style_rows[rows]} if style_rows is not None else {}
                     out_t[k] = fuse_features(
-                        f[rows], method=fusion, chunk_size=chunk_size, model=str(fusion_model) if fusion_model else None
+                        f[rows],
+                        method=fusion,
+                        chunk_size=chunk_size,
+                        model=str(fusion_model) if fusion_model else None,
+                        **kw,
                     )
             return _normalize(out_t), empty
 

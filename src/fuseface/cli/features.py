@@ -30,15 +30,22 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Run a frozen backbone over a dataset: un-normalised embeddings + style statistics, sharded, resumable."""
+        from fuseface.errors import ConfigError
         from fuseface.infer.extract_features import extract_features, load_backbone, open_source
 
+        try:
+            stage_ids = tuple(int(s) for s in stages.split(",") if s.strip())
+        except ValueError:
+            raise ConfigError(f"--stages {stages!r}: expected comma-separated stage numbers, e.g. 1,2") from None
+        if not stage_ids:
+            raise ConfigError("--stages is empty: give comma-separated stage numbers, e.g. 1,2")
         net, order = load_backbone(model)
         store = extract_features(
             net,
             open_source(data),
             out,
             channel_order=channel_order or order,
-            stages=tuple(int(s) for s in stages.split(",") if s.strip()),
+            stages=stage_ids,
             augment_copies=augment_copies,
             seed=seed,
             batch_size=batch_size,

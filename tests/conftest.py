@@ -32,6 +32,17 @@ def require_or_skip(condition: bool, reason: str, env_var: str) -> None:
     pytest.skip(reason)
 
 
+def require_module(name: str, env_var: str) -> None:
+    """Skip when the optional module ``name`` cannot be imported, unless ``env_var=1`` (CI) makes
+    its absence a failure. Never used for fuseface's own modules: those must import."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        require_or_skip(False, f"optional dependency {name!r} is not installed", env_var)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ``../shared/data``; skips (or fails under CI) when it is missing."""

@@ -57,7 +57,7 @@ def damaged(data: bytes, how: tuple[str, float, list[tuple[float, int]]]) -> byt
 def reads_or_refuses(read: Callable[[], object]) -> None:
     """``read()`` returns, or raises FusefaceError, within CALL_SECONDS; anything else fails."""
 
-    def on_alarm(signum, frame):  # noqa: ARG001
+    def on_alarm(signum, frame):
         raise TimeoutError(f"reader did not finish within {CALL_SECONDS} s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -182,7 +182,11 @@ def test_tinyface_protocol(valid, how, which) -> None:
 
 
 @FUZZ
-@given(how=damage(), which=st.sampled_from(["cs6_metadata.csv", "list.txt", "galleries/cs6_surveillance_to_single_g1.csv"]))
+IJBS_FILES = ["cs6_metadata.csv", "list.txt", "galleries/cs6_surveillance_to_single_g1.csv"]
+
+
+@FUZZ
+@given(how=damage(), which=st.sampled_from(IJBS_FILES))
 def test_ijbs_protocol(valid, how, which) -> None:
     from fuseface.data.ijbs import load_ijbs, read_image_list
 

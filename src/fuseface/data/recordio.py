@@ -376,7 +376,8 @@ class RecordIOReader:
             ranges = [self.read_header(k).label for k in range(id_start, id_end) if k in self._offsets]
             if ranges:
                 table = np.array([np.asarray(r, dtype=np.float64).reshape(-1)[:2] for r in ranges])
-                if table.ndim != 2 or table.shape[1] != 2 or not np.isfinite(table).all() or np.abs(table).max() > 2**53:
+                shape_ok = table.ndim == 2 and table.shape[1] == 2
+                if not shape_ok or not np.isfinite(table).all() or np.abs(table).max() > 2**53:
                     raise DataError(f"{self._source(id_start)}: identity records hold no valid (start, end) ranges")
         except (DataError, ValueError) as exc:
             warnings.warn(

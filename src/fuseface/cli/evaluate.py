@@ -276,14 +276,19 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         plot: bool = typer.Option(False, "--plot", help="Save the ROC curve as PNG."),
     ) -> None:
         """10-fold verification on a .bin set (insightface protocol)."""
-        from fuseface.data.binfile import load_bin, read_bin_labels
+        from fuseface.data.binfile import load_bin_tolerant, read_bin_labels
         from fuseface.eval.verification import evaluate_interleaved, flip_sum
 
         _need_one(model, features)
         if model is not None:
-            images, issame = load_bin(path)
+            images, issame, bad = load_bin_tolerant(path)
             _check_nfolds(nfolds, len(issame))
             f, ff = _embed_stream(model, len(images), lambda a, b: images[a:b], batch_size, flip)
+            for i, reason in bad:  # undecodable image: invalid feature, its pair scored as a miss
+                typer.secho(f"skipped: {reason}", fg=typer.colors.YELLOW, err=True)
+                f[i] = float("nan")
+                if ff is not None:
+                    ff[i] = float("nan")
         else:
             issame = read_bin_labels(path)
             _check_nfolds(nfolds, len(issame))

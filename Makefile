@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 ## make test: lint, then the whole test suite (about 10-15 minutes on 2 CPU cores)
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
-	-$(VENV)/bin/fuseface models fetch mtcnn --quiet
-	-$(VENV)/bin/fuseface models fetch dlib-resnet --quiet
+	$(VENV)/bin/fuseface models fetch mtcnn --quiet
+	$(VENV)/bin/fuseface models fetch dlib-resnet --quiet
 	$(PY) -m pytest -q
 
 ## make demo: synthetic faces -> train a small MSConv backbone -> verification report under runs/demo/

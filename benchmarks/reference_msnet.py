@@ -10,7 +10,9 @@ same function is computed changes, to the way the official code computes it:
 * the head uses ``torch.squeeze`` (bug B2 included: a 1-D output at batch size 1).
 
 So the two networks hold the same weights and give the same output
-(``benchmarks/backbone_speed.py`` checks it before timing). Not part of the package.
+(``benchmarks/backbone_speed.py`` checks it before timing). Not part of the package, and not a
+parity check: both sides are our modules. Parity with the official MSConv outputs is tested in
+``tests/test_official_parity_models.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Real data lives in ``../shared/data`` beside the project (never copied into it). Tests that need
 it use the ``shared_data`` fixture: they skip when it is absent, and fail instead when
-``FUSEFACE_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``).
+``FUSEFACE_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``). The outputs of the official code
+(``../shared/oracles``, see its README) come through the ``oracles`` fixture under the same rule.
 """
 
 from __future__ import annotations
@@ -31,11 +32,35 @@ def require_or_skip(condition: bool, reason: str, env_var: str) -> None:
     pytest.skip(reason)
 
 
+def require_module(name: str, env_var: str) -> None:
+    """Skip when the optional module ``name`` cannot be imported, unless ``env_var=1`` (CI) makes
+    its absence a failure. Never used for fuseface's own modules: those must import."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        require_or_skip(False, f"optional dependency {name!r} is not installed", env_var)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ``../shared/data``; skips (or fails under CI) when it is missing."""
     root = _shared_data_dir()
     require_or_skip((root / "lfw").is_dir(), f"shared data not found at {root}", "FUSEFACE_REQUIRE_SHARED_DATA")
+    return root
+
+
+def _oracles_dir() -> Path:
+    env = os.environ.get("FUSEFACE_ORACLES")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "oracles"
+
+
+@pytest.fixture(scope="session")
+def oracles() -> Path:
+    """Path of ``../shared/oracles``; skips (or fails under CI) when it is missing."""
+    root = _oracles_dir()
+    require_or_skip((root / "detfill.py").is_file(), f"oracles not found at {root}", "FUSEFACE_REQUIRE_SHARED_DATA")
     return root
 
 

@@ -18,7 +18,8 @@ from fuseface.errors import DataError
 
 def _make_photos(root: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """Synthetic faces moved onto bigger canvases by known similarities, a landmark file, a broken file."""
-    synthetic = pytest.importorskip("fuseface.data.synthetic")
+    from fuseface.data import synthetic
+
     faces = synthetic.SyntheticFaces(seed=1)
     rng = np.random.default_rng(0)
     lines, expected = [], {}
@@ -127,8 +128,8 @@ def test_policies_on_real_photos(tmp_path: Path, shared_data: Path) -> None:
 
 
 def test_build_lfw_bin_from_aligned_crops(tmp_path: Path) -> None:
-    binfile = pytest.importorskip("fuseface.data.binfile")
-    pytest.importorskip("fuseface.data.lfw")
+    from fuseface.data import binfile
+
     aligned = tmp_path / "aligned"
     rng = np.random.default_rng(0)
     crops = {}

@@ -1,4 +1,6 @@
-"""CAFace aggregator: released layout and sizes, converter parity, memory algebra, streaming API."""
+"""CAFace aggregator: released layout and sizes, converter round trip, memory algebra, streaming API.
+
+Output parity with the official aggregator: ``tests/test_official_parity_models.py``."""
 
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def test_state_dict_matches_released_layout(m: int, depth: int, conf: int) -> No
     assert own == _released_layout(m, depth, conf)
 
 
-def test_converter_parity_with_lightning_checkpoint() -> None:
+def test_converter_round_trip_of_lightning_checkpoint() -> None:
     ref = _trained_like()
     agg_sd = ref.state_dict()
     ckpt = {

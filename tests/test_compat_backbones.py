@@ -1,4 +1,6 @@
-"""Official checkpoint converters for insightface and AdaFace backbones."""
+"""Official checkpoint converters: prefixes, wrappers, key and shape errors (round trips of our own
+modules). Output parity with the official code: ``tests/test_official_parity_models.py``.
+"""
 
 from __future__ import annotations
 

@@ -93,7 +93,6 @@ def test_ijb_one_to_one_and_one_to_n_from_features(ijb, tmp_path: Path) -> None:
 
 
 def test_ijb_fusion_average_uses_set_fusion(ijb, tmp_path: Path) -> None:
-    pytest.importorskip("fuseface.nn.fusion")
     out = tmp_path / "avg.json"
     _run("eval", "ijb", "--root", ijb.root, "--features", ijb.root / "f.npy", "--fusion", "average", "--out", out)
     doc = json.loads(out.read_text())

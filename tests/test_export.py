@@ -9,10 +9,18 @@ import pytest
 import torch
 
 import fuseface
+from conftest import require_module
 from fuseface.infer.export import check_onnx, export_model_file, export_onnx, run_onnx
 from fuseface.infer.model_file import ModelMeta, save_model
 
-pytest.importorskip("onnxruntime")
+# onnx, onnxruntime and onnxscript are the `onnx` extra; CI (FUSEFACE_REQUIRE_ONNX=1) fails without them
+pytestmark = pytest.mark.usefixtures("onnx_extra")
+
+
+@pytest.fixture(scope="module")
+def onnx_extra() -> None:
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        require_module(name, "FUSEFACE_REQUIRE_ONNX")
 
 
 def _tiny() -> torch.nn.Module:
@@ -66,9 +74,31 @@ def test_export_model_file_and_cli(tmp_path: Path) -> None:
         export_model_file(tmp_path / "absent.safetensors", tmp_path / "c.onnx")
 
 
+def test_export_exits_non_zero_when_onnxruntime_disagrees(tmp_path: Path, monkeypatch, capsys) -> None:
+    from fuseface.cli.main import main
+    from fuseface.errors import ExportError
+    from fuseface.infer import export as export_mod
+
+    model = _model(tmp_path)
+    real = export_mod.run_onnx
+
+    def off_by_a_little(path, x):  # what a wrong graph looks like: a small, systematic error
+        out = real(path, x)
+        return out + 1e-3 * np.abs(out).max()
+
+    monkeypatch.setattr(export_mod, "run_onnx", off_by_a_little)
+    with pytest.raises(ExportError, match="onnxruntime disagrees"):
+        export_model_file(model, tmp_path / "bad.onnx")
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(model), "--onnx", str(tmp_path / "bad2.onnx")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "tolerance" in err and len(err.splitlines()) == 1
+
+
 def test_caface_fixed_size_export_with_mask(tmp_path: Path) -> None:
-    caface_mod = pytest.importorskip("fuseface.nn.fusion.caface")
     from fuseface.infer.export import MaskedCAFace, export_fusion_file
+    from fuseface.nn.fusion import caface as caface_mod
     from fuseface.nn.fusion import save_fusion
 
     torch.manual_seed(0)

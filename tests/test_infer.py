@@ -136,8 +136,7 @@ def test_exact_index_matches_brute_force() -> None:
 
 
 def test_faiss_index_agrees_with_numpy() -> None:
-    if not faiss_available():
-        pytest.skip("faiss is an optional extra (not installed)")
+    require_or_skip(faiss_available(), "faiss is an optional extra (not installed)", "FUSEFACE_REQUIRE_FAISS")
     rng = np.random.default_rng(1)
     gallery, queries = rng.normal(size=(40, 8)), rng.normal(size=(3, 8))
     a, b = create_index(8, "numpy"), create_index(8, "faiss")

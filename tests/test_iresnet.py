@@ -1,4 +1,7 @@
-"""IResNet parity with insightface arcface_torch: keys, shapes, parameter counts, outputs."""
+"""IResNet: insightface arcface_torch key layout, shapes, parameter counts, round trips.
+
+Output parity with the official insightface code: ``tests/test_official_parity_models.py``.
+"""
 
 from __future__ import annotations
 

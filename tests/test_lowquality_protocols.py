@@ -147,3 +147,38 @@ def test_tinyface_and_scface_with_an_lgaf_model_file(tmp_path: Path) -> None:
         from_features = json.loads(by_features.read_text())
         assert from_model["switches"]["flip"] is True
         assert from_model["metrics"] == from_features["metrics"]
+
+
+def test_ijbs_caface_fusion_uses_the_styles(tmp_path: Path) -> None:
+    import torch
+
+    from fuseface.data.ijbs import load_ijbs
+    from fuseface.eval.identification import two_gallery_identification
+    from fuseface.eval.verification import l2_normalize
+    from fuseface.nn.fusion import save_fusion
+    from fuseface.nn.fusion.caface import CAFace
+
+    images = write_ijbs(tmp_path)
+    (tmp_path / "list.txt").write_text("\n".join(images) + "\n")
+    feats = ijbs_features(images, dim=512) * 10
+    rng = np.random.default_rng(3)
+    styles = np.stack([rng.normal(size=(len(images), 384)), rng.uniform(0.1, 2, (len(images), 384))], -1)
+    np.save(tmp_path / "f.npy", feats)
+    np.save(tmp_path / "s.npy", styles.astype(np.float32))
+    torch.manual_seed(0)
+    module = CAFace().eval()
+    weights = save_fusion(tmp_path / "caface.safetensors", module, "caface")
+    out = tmp_path / "c.json"
+    args = ["eval", "ijbs", "--protocol-dir", tmp_path, "--image-list", tmp_path / "list.txt", "--features"]
+    args += [tmp_path / "f.npy", "--protocol", "surveillance_to_booking", "--fusion", "caface"]
+    _run(*args, "--styles", tmp_path / "s.npy", "--fusion-model", weights, "--out", out)
+    got = json.loads(out.read_text())["metrics"]["subsets"]["surveillance_to_booking"]
+    t = load_ijbs(tmp_path, images, "surveillance_to_booking")
+
+    def templates(rows_list):
+        return l2_normalize(np.stack([module.fuse(feats[r], styles[r]) for r in rows_list]))
+
+    gals = [(templates(rows), sids) for sids, rows in t.galleries]
+    expected = two_gallery_identification(templates(t.probe_rows), t.probe_subjects, gals)
+    assert got["cmc"] == {str(k): v for k, v in expected["cmc"].items()}
+    assert got["tpir_at_fpir"] == {str(k): v for k, v in expected["tpir_at_fpir"].items()}

@@ -1,4 +1,7 @@
-"""MSConv module: shapes, gradients, the MO/SO algebra, ablation switches, official key layout."""
+"""MSConv module: shapes, gradients, the MO/SO algebra, ablation switches, official key layout.
+
+Output parity with the official module: ``tests/test_official_parity_models.py``.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def test_state_dict_equals_official_layout(C: int, d: int) -> None:
     assert {k: tuple(v.shape) for k, v in sd.items()} == official_msconv_layout(C, d)
 
 
-def test_official_state_dict_loads_strictly_and_reproduces_output() -> None:
+def test_state_dict_round_trip_gives_identical_output() -> None:
     src = MSConv(64).eval()
     for p in src.parameters():
         nn.init.normal_(p, 0, 0.2)

@@ -78,7 +78,8 @@ def test_warp_uses_pixel_centres() -> None:
 def test_alignment_exact_on_synthetic_faces() -> None:
     """Move a synthetic face by a known similarity; aligning the moved face gives the same matrix
     (composed with the move) and the same crop as aligning the original."""
-    synthetic = pytest.importorskip("fuseface.data.synthetic")
+    from fuseface.data import synthetic
+
     faces = synthetic.SyntheticFaces(seed=0)
     rng = np.random.default_rng(0)
     for identity in range(3):

@@ -25,3 +25,7 @@ class ConfigError(FusefaceError, ValueError):
 
 class CheckpointError(FusefaceError, ValueError):
     """A checkpoint or model file cannot be read (truncated, corrupt, wrong format)."""
+
+
+class ExportError(FusefaceError):
+    """An export cannot be made or does not reproduce the model (missing extra, runtime disagrees)."""

@@ -22,7 +22,11 @@ OUT_HELP = "Result JSON file or run directory (result.json inside)."
 
 
 # ----------------------------------------------------------------------------- helpers (orchestration)
-def _load_npy(path: Path | None, what: str) -> Any:
+IJB_FUSIONS = ("insightface", "average", "norm_weighted", "score_weighted", "caface")
+IJBS_FUSIONS = ("norm_sum", "average", "norm_weighted", "caface")
+
+
+def _load_npy(path: Path | None, what: str, ndim: int = 2) -> Any:
     if path is None:
         return None
     import numpy as np
@@ -33,11 +37,57 @@ def _load_npy(path: Path | None, what: str) -> Any:
         raise DataError(f"{path}: {what} file not found")
     try:
         arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:
         raise DataError(f"{path}: not a numeric .npy array ({exc})") from exc
-    if arr.ndim != 2:
-        raise DataError(f"{path}: {what} must be 2-D (rows, dim), got shape {arr.shape}")
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise DataError(f"{path}: {what} must be a numeric .npy array, got {getattr(arr, 'dtype', type(arr))}")
+    if arr.ndim != ndim:
+        shape = "(rows, dim)" if ndim == 2 else "(rows, channels, 2)"
+        raise DataError(f"{path}: {what} must be {ndim}-D {shape}, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise DataError(f"{path}: {what} file holds no rows")
     return arr
+
+
+def _load_features(features: Path | None, flip_features: Path | None, rows: int, order: str) -> tuple[Any, Any]:
+    """``--features`` (and ``--flip-features``) checked against the protocol: ``rows`` rows (one per
+    image in ``order``), the flip file of the same shape; errors name the file."""
+    from fuseface.errors import DataError
+
+    f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+    if f.shape[0] != rows:
+        raise DataError(f"{features}: {f.shape[0]} rows, but {order} has {rows} images (one row per image)")
+    if ff is not None and ff.shape != f.shape:
+        raise DataError(f"{flip_features}: shape {ff.shape} differs from {features} {f.shape}")
+    return f, ff
+
+
+def _load_styles(styles: Path | None, rows: int, fusion: str) -> Any:
+    """The ``--styles`` array (rows, channels, 2) that CAFace fusion needs, checked against the features."""
+    from fuseface.errors import ConfigError, DataError
+
+    if fusion != "caface":
+        return None
+    if styles is None:
+        raise ConfigError("--fusion caface needs --styles (styles.npy, one (channels, 2) row per image)")
+    arr = _load_npy(styles, "styles", ndim=3)
+    if arr.shape[0] != rows or arr.shape[2] != 2:
+        raise DataError(f"{styles}: styles shape {arr.shape}, expected ({rows}, channels, 2) to match the features")
+    return arr
+
+
+def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    from fuseface.errors import ConfigError
+
+    if value not in choices:
+        raise ConfigError(f"{option} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _check_nfolds(nfolds: int, pairs: int) -> None:
+    from fuseface.errors import ConfigError
+
+    if not 2 <= nfolds <= pairs:
+        raise ConfigError(f"--nfolds {nfolds}: need 2 <= nfolds <= number of pairs ({pairs})")
 
 
 def _need_one(model: Path | None, features: Path | None) -> None:
@@ -98,7 +148,15 @@ def _finish(
     table.add_column("value", justify="right")
     for k, v in head.items():
         table.add_row(k, f"{v:.2f}")
-    for k in ("invalid_images", "empty_templates", "pairs_with_empty_template", "empty_probe_templates"):
+    for k in (
+        "invalid_images",
+        "invalid_pairs",
+        "invalid_probes",
+        "invalid_gallery",
+        "empty_templates",
+        "pairs_with_empty_template",
+        "empty_probe_templates",
+    ):
         if metrics.get(k):
             table.add_row(k, str(metrics[k]))
     Console().print(table)
@@ -129,6 +187,7 @@ def _unit_features_of_images(
     flip_features: Path | None,
     batch_size: int,
     flip: bool,
+    order: str,
 ) -> tuple[Any, Any]:
     """Unit features of ``paths`` (images read from disk and embedded, or rows of ``features``),
     flip-summed first when mirrored features exist; returns them and the flip features (or None)."""
@@ -138,7 +197,7 @@ def _unit_features_of_images(
     if model is not None:
         f, ff = _embed_stream(model, len(paths), lambda a, b: [read_image(p) for p in paths[a:b]], batch_size, flip)
     else:
-        f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+        f, ff = _load_features(features, flip_features, len(paths), order)
     return _normalize(flip_sum(f, ff) if (flip and ff is not None) else f), ff
 
 
@@ -188,6 +247,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _need_one(model, features)
         pairs = lfw.read_pairs(root / "pairs.txt")[: max_pairs or None]
         paths, i1, i2, issame = lfw.pair_image_index(pairs)
+        _check_nfolds(nfolds, len(pairs))
         how: dict[str, Any] = {"crop": "aligned" if images_dir else f"centre{crop}"}
         if model is not None:
             src = images_dir or root / lfw.IMAGE_SUBDIR
@@ -217,11 +277,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 if ff is not None:
                     np.save(save_features.with_name(save_features.stem + "_flip.npy"), ff)
         else:
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
-            if f.shape[0] != len(paths):
-                from fuseface.errors import DataError
-
-                raise DataError(f"{features}: {f.shape[0]} rows, the pairs use {len(paths)} distinct images")
+            f, ff = _load_features(features, flip_features, len(paths), "the distinct images of pairs.txt")
         emb = flip_sum(f, ff) if (flip and ff is not None) else f
         m = lfw.lfw_pairs_protocol(emb, i1, i2, issame, nfolds=nfolds)
         switches = {
@@ -252,16 +308,23 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         plot: bool = typer.Option(False, "--plot", help="Save the ROC curve as PNG."),
     ) -> None:
         """10-fold verification on a .bin set (insightface protocol)."""
-        from fuseface.data.binfile import load_bin, read_bin_labels
+        from fuseface.data.binfile import load_bin_tolerant, read_bin_labels
         from fuseface.eval.verification import evaluate_interleaved, flip_sum
 
         _need_one(model, features)
         if model is not None:
-            images, issame = load_bin(path)
+            images, issame, bad = load_bin_tolerant(path)
+            _check_nfolds(nfolds, len(issame))
             f, ff = _embed_stream(model, len(images), lambda a, b: images[a:b], batch_size, flip)
+            for i, reason in bad:  # undecodable image: invalid feature, its pair scored as a miss
+                typer.secho(f"skipped: {reason}", fg=typer.colors.YELLOW, err=True)
+                f[i] = float("nan")
+                if ff is not None:
+                    ff[i] = float("nan")
         else:
             issame = read_bin_labels(path)
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+            _check_nfolds(nfolds, len(issame))
+            f, ff = _load_features(features, flip_features, 2 * len(issame), str(path))
         emb = flip_sum(f, ff) if (flip and ff is not None) else f
         m = evaluate_interleaved(emb, issame, nfolds=nfolds)
         switches = {"flip": bool(flip and ff is not None), "nfolds": nfolds}
@@ -306,7 +369,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         plot: bool = typer.Option(False, "--plot", help="Save the ROC (1:1) or CMC (1:N) curve as PNG."),
     ) -> None:
         """IJB-B / IJB-C 1:1 verification or 1:N identification."""
-        import numpy as np
 
         from fuseface.data.ijb import load_ijb
         from fuseface.errors import ConfigError
@@ -315,6 +377,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _need_one(model, features)
         if task not in ("1:1", "1:N", "1:n"):
             raise ConfigError(f"--task must be 1:1 or 1:N, got {task!r}")
+        _check_choice("--fusion", fusion, IJB_FUSIONS)
         one_n = task.upper() == "1:N"
         # 1:1: a helper process parses the pair file while the features are computed or loaded
         proto = load_ijb(root, target, one_to_n=one_n, pairs=False if one_n else "background")
@@ -330,7 +393,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
             f, ff = _embed_stream(model, proto.num_images, load, batch_size, flip_test)
         else:
-            f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
+            f, ff = _load_features(features, flip_features, proto.num_images, f"the {proto.target} landmark file")
+        style_rows = _load_styles(styles, proto.num_images, fusion)
         tfeat = None
         if fusion != "insightface":
             from fuseface.eval.templates import fuse_templates
@@ -340,7 +404,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 raw,
                 proto.templates,
                 fusion,
-                styles=np.load(styles) if styles else None,
+                styles=style_rows,
                 scores=proto.faceness if fusion == "score_weighted" else None,
                 chunk_size=chunk_size,
                 model=str(fusion_model) if fusion_model else None,
@@ -386,18 +450,22 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """TinyFace closed-set identification (rank 1/5/20, distractors in the gallery)."""
         from fuseface.data.tinyface import load_tinyface
-        from fuseface.eval.identification import cmc, mate_ranks
+        from fuseface.eval.identification import closed_set
 
         _need_one(model, features)
         proto = load_tinyface(root, images_dir)
-        emb, ff = _unit_features_of_images(proto.image_paths, model, features, flip_features, batch_size, flip)
+        emb, ff = _unit_features_of_images(
+            proto.image_paths,
+            model,
+            features,
+            flip_features,
+            batch_size,
+            flip,
+            "TinyFace (probes, matches, distractors)",
+        )
         probe, gallery = proto.split(emb)
-        m = {
-            "cmc": cmc(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20)),
-            "num_probes": len(proto.probe_paths),
-            "num_gallery": len(gallery),
-        }
-        r, _ = mate_ranks(probe, proto.probe_labels, gallery, proto.gallery_labels)
+        m = closed_set(probe, proto.probe_labels, gallery, proto.gallery_labels, ranks=(1, 5, 20))
+        r = m.pop("mated_ranks")
         _finish(out, "TinyFace", {"flip": bool(flip and ff is not None)}, m, plot, cmc_ranks={"TinyFace": r})
 
     @ev.command("scface")
@@ -418,17 +486,20 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """SCface: mugshot gallery vs surveillance probes, rank-1/5 per distance (our documented split)."""
         from fuseface.data.scface import load_scface
-        from fuseface.eval.identification import cmc, mate_ranks
+        from fuseface.eval.identification import closed_set
 
         _need_one(model, features)
+        _check_choice("--split", split, ("all", "test80"))
         proto = load_scface(root, split)
-        emb, ff = _unit_features_of_images(proto.image_paths, model, features, flip_features, batch_size, flip)
+        emb, ff = _unit_features_of_images(
+            proto.image_paths, model, features, flip_features, batch_size, flip, f"SCface split {split}"
+        )
         gallery, probes = proto.split_features(emb)
         per, curves = {}, {}
         for d, feats in probes.items():
             labels = proto.probes[d][1]
-            per[d] = {"cmc": cmc(feats, labels, gallery, proto.gallery_labels, ranks=(1, 5)), "num_probes": len(labels)}
-            curves[d] = mate_ranks(feats, labels, gallery, proto.gallery_labels)[0]
+            per[d] = closed_set(feats, labels, gallery, proto.gallery_labels, ranks=(1, 5))
+            curves[d] = per[d].pop("mated_ranks")
         m = {"per_distance": per, "num_gallery": len(gallery)}
         _finish(
             out, f"SCface ({split})", {"flip": bool(flip and ff is not None), "split": split}, m, plot, cmc_ranks=curves
@@ -453,23 +524,26 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             help="norm_sum (sum of raw features, then L2) or a set-fusion method: average, norm_weighted, caface.",
         ),
         fusion_model: Path | None = typer.Option(None, "--fusion-model", help="Weights of the fusion module."),
+        styles: Path | None = typer.Option(
+            None, "--styles", help="styles.npy (N, 384, 2), rows as --features; needed by --fusion caface."
+        ),
         chunk_size: int | None = typer.Option(None, "--chunk-size"),
         out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
     ) -> None:
         """IJB-S identification (rank 1/5/10, TPIR at FPIR 1%/10%) from precomputed features."""
         import numpy as np
 
-        from fuseface.data.ijbs import load_ijbs, read_image_list
+        from fuseface.data.ijbs import PROTOCOLS, load_ijbs, read_image_list
         from fuseface.eval.identification import two_gallery_identification
-        from fuseface.eval.templates import invalid_rows
+        from fuseface.eval.invalid import invalid_rows
 
-        f, ff = _load_npy(features, "features"), _load_npy(flip_features, "flip features")
-        f = f + ff if ff is not None else f
+        _check_choice("--fusion", fusion, IJBS_FUSIONS)
+        for name in protocol:
+            _check_choice("--protocol", name, tuple(PROTOCOLS))
         names = read_image_list(image_list)
-        if len(names) != f.shape[0]:
-            from fuseface.errors import DataError
-
-            raise DataError(f"{features}: {f.shape[0]} rows, {image_list} lists {len(names)} images")
+        f, ff = _load_features(features, flip_features, len(names), str(image_list))
+        f = f + ff if ff is not None else f
+        style_rows = _load_styles(styles, len(names), fusion)
         bad = invalid_rows(f)
 
         def templates(rows_list: list[Any]) -> tuple[Any, int]:
@@ -484,8 +558,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 else:
                     from fuseface.nn.fusion import fuse_features
 
+                    kw = {"styles": style_rows[rows]} if style_rows is not None else {}
                     out_t[k] = fuse_features(
-                        f[rows], method=fusion, chunk_size=chunk_size, model=str(fusion_model) if fusion_model else None
+                        f[rows],
+                        method=fusion,
+                        chunk_size=chunk_size,
+                        model=str(fusion_model) if fusion_model else None,
+                        **kw,
                     )
             return _normalize(out_t), empty
 

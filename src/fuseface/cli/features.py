@@ -36,8 +36,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Run a frozen backbone over a dataset: un-normalised embeddings + style statistics, sharded, resumable."""
+        from fuseface.errors import ConfigError
         from fuseface.infer.extract_features import extract_features, extract_options, load_backbone_meta
 
+        try:
+            stage_ids = tuple(int(s) for s in stages.split(",") if s.strip())
+        except ValueError:
+            raise ConfigError(f"--stages {stages!r}: expected comma-separated stage numbers, e.g. 1,2") from None
+        if not stage_ids:
+            raise ConfigError("--stages is empty: give comma-separated stage numbers, e.g. 1,2")
         if threads > 0:
             import torch
 
@@ -50,7 +57,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             opts.pop("source"),
             out,
             channel_order=channel_order or model_meta.channel_order,
-            stages=tuple(int(s) for s in stages.split(",") if s.strip()),
+            stages=stage_ids,
             augment_copies=augment_copies,
             seed=seed,
             batch_size=batch_size,

@@ -56,6 +56,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         fm = _load(model)
         res = fm.embed_photos(paths, batch_size=batch_size, flip=flip, detect=detect, progress=len(paths) > 20)
         _report_errors(res.errors)
+        if not res.ok.any():
+            from fuseface.errors import DataError
+
+            raise DataError(f"no usable photo among {len(paths)} ({', '.join(str(p) for p in paths[:3])} ...)")
         np.savez(out, embeddings=res.embeddings, norms=res.norms, paths=np.asarray([str(p) for p in paths]), ok=res.ok)
         typer.echo(f"wrote {out}: {int(res.ok.sum())}/{len(paths)} embedded, dim {res.embeddings.shape[1]}")
 
@@ -88,7 +92,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         import fuseface
         from fuseface.errors import ConfigError, DataError
+        from fuseface.registry import names
 
+        fusions = names("fusion")
+        if method not in fusions:
+            raise ConfigError(f"--method {method!r} is not one of: {', '.join(fusions)}")
         fm = _load(model)
         if method == "caface":
             if fusion_weights is None:

@@ -3,7 +3,9 @@
 Each module in ``COMMAND_MODULES`` exposes ``register(app, groups)`` and adds its commands to the
 root ``app`` or to one of the shared sub-command ``groups`` (``data``, ``models``, ``eval``,
 ``features``). Command bodies import the library lazily, so ``fuseface --help`` stays fast.
-Errors derived from :class:`fuseface.errors.FusefaceError` print as one line, no traceback.
+Errors derived from :class:`fuseface.errors.FusefaceError` (bad input: a file, an option, a
+config) print as one line naming what is wrong and exit 2; any other exception is a bug in
+fuseface: its traceback is printed with a request to report it, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ COMMAND_MODULES = (
     "fuseface.cli.align",  # align, data build-bin, models fetch
     "fuseface.cli.infer",  # embed, compare, fuse, search, export
     "fuseface.cli.video",  # video
+)
+
+INTERNAL_ERROR = (
+    "internal error in fuseface (a bug, not a problem with your input): "
+    "please report it to the fuseface issue tracker with the command and the traceback above"
 )
 
 GROUPS = {
@@ -68,8 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except FusefaceError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        typer.secho(INTERNAL_ERROR, fg=typer.colors.RED, err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -111,21 +111,42 @@ def _read_pickle(path: Path) -> tuple[list, np.ndarray]:
 
 
 def load_bin(path: str | Path, image_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
-    """Read a ``.bin`` set: ``(images uint8 (2P, H, W, 3) RGB, issame bool (P,))``."""
+    """Read a ``.bin`` set: ``(images uint8 (2P, H, W, 3) RGB, issame bool (P,))``; an undecodable
+    image raises :class:`DataError` naming it (:func:`load_bin_tolerant` skips and counts instead)."""
+    images, issame, bad = load_bin_tolerant(path, image_size)
+    if bad:
+        raise DataError(bad[0][1])
+    return images, issame
+
+
+def load_bin_tolerant(path: str | Path, image_size: int = 112) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Like :func:`load_bin`, but an undecodable (corrupt, truncated beyond repair, wrong-shaped)
+    image is replaced by zeros and listed as ``(index, reason)``: its embedding is then invalid and
+    its pair is scored as a miss (:mod:`fuseface.eval.invalid`), never silently dropped."""
     from fuseface.data.images import decode_image
 
     path = Path(path)
     bins, issame = _read_pickle(path)
-    images: list[np.ndarray] = []
+    images: list[np.ndarray | None] = []
+    bad: list[tuple[int, str]] = []
+    shape: tuple[int, ...] | None = None
     for i, item in enumerate(bins):
-        img = decode_image(_as_bytes(item, str(path), i), "rgb", source=f"{path} image {i}")
-        if img.shape[1] != image_size:
-            img = resize_short(img, image_size)
-        if images and img.shape != images[0].shape:
-            raise DataError(f"{path}: image {i} has shape {img.shape}, image 0 has {images[0].shape}")
+        try:
+            img = decode_image(_as_bytes(item, str(path), i), "rgb", source=f"{path} image {i}")
+            if img.shape[1] != image_size:
+                img = resize_short(img, image_size)
+            if shape is not None and img.shape != shape:
+                raise DataError(f"{path}: image {i} has shape {img.shape}, the others {shape}")
+        except DataError as exc:
+            bad.append((i, str(exc)))
+            images.append(None)
+            continue
+        shape = shape or img.shape
         images.append(img)
-    stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return stacked, issame
+    shape = shape or (image_size, image_size, 3)
+    blank = np.zeros(shape, np.uint8)
+    stacked = np.stack([blank if im is None else im for im in images]) if images else np.zeros((0, *shape), np.uint8)
+    return stacked, issame, bad
 
 
 def save_bin(

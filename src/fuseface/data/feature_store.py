@@ -170,9 +170,11 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{root}: not a feature store (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: corrupt manifest (not a JSON object)")
     if manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a fuseface feature store manifest (format={manifest.get('format')!r})")
     return manifest
@@ -184,8 +186,19 @@ class FeatureStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         manifest = _read_manifest(self.root)
-        self.spec = StoreSpec(**manifest["spec"])
-        missing = sorted(set(range(manifest["num_shards"])) - {int(i) for i in manifest.get("complete", [])})
+        path = self.root / MANIFEST
+        try:
+            self.spec = StoreSpec(**manifest["spec"])
+            ints = (self.spec.num_images, self.spec.feature_dim, self.spec.style_channels, self.spec.copies)
+            if not all(isinstance(v, int) and v > 0 for v in (*ints, self.spec.shard_size)):
+                raise ValueError("sizes must be positive integers")
+            complete = {int(i) for i in manifest.get("complete", [])}
+            num_shards = int(manifest["num_shards"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: corrupt manifest ({type(exc).__name__}: {exc})") from None
+        if num_shards != len(self.spec.shard_ranges()):
+            raise DataError(f"{path}: corrupt manifest ({num_shards} shards for {self.spec.num_images} images)")
+        missing = sorted(set(range(num_shards)) - complete)
         if missing:
             raise DataError(
                 f"{self.root}: incomplete feature store, {len(missing)} shards missing "
@@ -209,8 +222,19 @@ class FeatureStore:
             path = self.root / _shard_name(i)
             try:
                 data = load_file(str(path))
-            except (SafetensorError, OSError) as exc:
+            except (SafetensorError, OSError, ValueError) as exc:
                 raise DataError(f"{path}: unreadable feature shard ({exc})") from None
+            a, b = self.spec.shard_ranges()[i]
+            sp = self.spec
+            expected = {
+                "features": (b - a, sp.copies, sp.feature_dim),
+                "styles": (b - a, sp.copies, sp.style_channels, 2),
+                "labels": (b - a,),
+            }
+            for key, shape in expected.items():
+                if key not in data or tuple(data[key].shape) != shape:
+                    got = tuple(data[key].shape) if key in data else "missing"
+                    raise DataError(f"{path}: corrupt feature shard ({key} {got}, expected {shape})")
             for key in ("features", "styles"):
                 data[key] = data[key].astype(np.float32)
             yield data

@@ -88,7 +88,11 @@ def read_image_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ProtocolFileError(f"{path}: image list not found")
-    return [ln.strip().split(",")[0] for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolFileError(f"{path}: not a UTF-8 text image list (byte {exc.start})") from None
+    return [ln.strip().split(",")[0] for ln in text.splitlines() if ln.strip()]
 
 
 def load_ijbs(protocol_dir: str | Path, image_list: list[str], protocol: str) -> IJBSTemplates:

@@ -374,13 +374,18 @@ class RecordIOReader:
         self.image_keys = self.keys[(self.keys > 0) & (self.keys < id_start)]
         try:
             ranges = [self.read_header(k).label for k in range(id_start, id_end) if k in self._offsets]
-        except DataError as exc:
+            if ranges:
+                table = np.array([np.asarray(r, dtype=np.float64).reshape(-1)[:2] for r in ranges])
+                shape_ok = table.ndim == 2 and table.shape[1] == 2
+                if not shape_ok or not np.isfinite(table).all() or np.abs(table).max() > 2**53:
+                    raise DataError(f"{self._source(id_start)}: identity records hold no valid (start, end) ranges")
+        except (DataError, ValueError) as exc:
             warnings.warn(
                 f"identity records unreadable ({exc}); labels will be read from the image headers", stacklevel=3
             )
             ranges = []
         if ranges:
-            self.identity_ranges = np.array([[int(r[0]), int(r[1])] for r in ranges], dtype=np.int64)
+            self.identity_ranges = table.astype(np.int64)
 
     def iter_records(self) -> Iterator[tuple[int, IRHeader, bytes]]:
         for key in self.keys.tolist():

@@ -57,15 +57,29 @@ def label_of(name: str, source: str = "") -> int:
         raise ProtocolFileError(f"{source}: image name {name!r} does not start with '<identity>_'") from None
 
 
-def _mat_names(path: Path, key: str) -> list[str]:
+def _loadmat_isolated(path: Path) -> dict:
+    """``scipy.io.loadmat`` in a child process: scipy's MAT-v5 reader can crash the interpreter
+    (segmentation fault) on a corrupt file, which must become an error naming the file instead."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     from scipy.io import loadmat
 
+    try:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: no re-import
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method)) as pool:
+            return pool.submit(loadmat, str(path)).result()
+    except BrokenProcessPool:
+        raise ProtocolFileError(f"{path}: corrupt .mat file (the MAT reader crashed on it)") from None
+    except Exception as exc:  # scipy raises several types for corrupt files
+        raise ProtocolFileError(f"{path}: cannot read .mat file ({type(exc).__name__}: {exc})") from None
+
+
+def _mat_names(path: Path, key: str) -> list[str]:
     if not path.is_file():
         raise ProtocolFileError(f"{path}: protocol file not found")
-    try:
-        mat = loadmat(str(path))
-    except Exception as exc:  # scipy raises several types for corrupt files
-        raise ProtocolFileError(f"{path}: cannot read .mat file ({exc})") from exc
+    mat = _loadmat_isolated(path)
     if key not in mat:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise ProtocolFileError(f"{path}: no variable {key!r} (found {found})")

@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from fuseface.data.ijb import IJBProtocol, load_ijb
+from fuseface.eval.invalid import MISS_RANK, apply_to_scores, invalid_rows, pair_scores_as_misses
 from fuseface.eval.roc import DEFAULT_FARS, auc, roc_curve, tar_at_far_from_roc
 from fuseface.eval.roc import tar_at_far as tar_at_far  # re-exported: the IJB metric lives in roc
-from fuseface.eval.templates import TemplateFeatures, image_features, invalid_rows, pool_templates
+from fuseface.eval.templates import TemplateFeatures, image_features, pool_templates
 
 DEFAULT_FPIRS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10)
@@ -202,7 +203,8 @@ def evaluate_1to1(
     ``root`` holds ``<target>/meta/...`` (or pass a loaded :class:`IJBProtocol`); ``features``:
     (N, D) raw image features in the landmark file's order. ``template_features``: one
     precomputed row per template, ``(template_ids, rows)`` (e.g. from CAFace), replaces pooling.
-    Pairs that involve a template without any valid image score 0 and are counted in
+    Pairs that involve a template without any valid image are scored as misses (a genuine pair
+    ``-inf``, an impostor pair ``+inf``: :mod:`fuseface.eval.invalid`) and counted in
     ``pairs_with_empty_template``. ``overwrite_features=True`` lets the per-image weighting
     reuse a float32 ``features`` array (saves ~1 GB at IJB-C scale; the array is modified).
     """
@@ -225,8 +227,10 @@ def evaluate_1to1(
     scores = score_template_pairs(tf.features, r1, r2)
     empty = ~tf.features.any(1)
     labels = proto.pair_labels
-    with_empty = int((empty[r1] | empty[r2]).sum())
-    del r1, r2
+    invalid_pairs = empty[r1] | empty[r2]
+    with_empty = int(invalid_pairs.sum())
+    pair_scores_as_misses(scores, labels, invalid_pairs)
+    del r1, r2, invalid_pairs
     if return_scores:
         result_scores = scores.copy()
     # the ROC sorts the scores in place: no second 125 MB array at IJB-C scale
@@ -271,12 +275,16 @@ def open_set_1toN(  # noqa: N802 (reference name)
     that subject. Mated: correct when the mate's score is strictly above every other subject's
     best score; TPIR(FPIR) = fraction of mated probes correct **and** above the threshold
     ``sort_desc(max score of each non-mated probe)[max(int(n_nonmated * fpir) - 1, 0)]``.
-    Rank of the mate = 1 + number of gallery entries scoring strictly higher (ties favour the mate;
-    the reference's ``argsort`` order is arbitrary there).
+    Rank of the mate = 1 + number of other gallery entries scoring at least as high (pessimistic:
+    ties rank the mate behind; the reference's ``argsort`` order is arbitrary there). Invalid
+    (zero or non-finite) probe or gallery rows follow :mod:`fuseface.eval.invalid`: scored as misses.
     """
-    sim = probe_feats @ gallery_feats.T
     gallery_ids = np.asarray(gallery_ids)
     probe_ids = np.asarray(probe_ids)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sim = np.asarray(probe_feats, np.float64) @ np.asarray(gallery_feats, np.float64).T
+    same = probe_ids[:, np.newaxis] == gallery_ids[np.newaxis, :]
+    apply_to_scores(sim, same, ~invalid_rows(probe_feats), ~invalid_rows(gallery_feats))
     g_sorted = np.argsort(gallery_ids, kind="stable")
     pos = np.searchsorted(gallery_ids[g_sorted], probe_ids)
     pos = np.minimum(pos, len(gallery_ids) - 1)
@@ -285,9 +293,12 @@ def open_set_1toN(  # noqa: N802 (reference name)
     mi = np.flatnonzero(mated)
     pos_sims = sim[mi, mate[mi]]
     other = sim[mi].copy()
-    other[gallery_ids[np.newaxis, :] == probe_ids[mi, np.newaxis]] = -np.inf
+    other[same[mi]] = -np.inf
     correct = pos_sims > other.max(1) if other.shape[1] else np.ones(mi.size, bool)
-    rank = 1 + (sim[mi] > pos_sims[:, np.newaxis]).sum(1)
+    ahead = sim[mi] >= pos_sims[:, np.newaxis]
+    ahead[np.arange(mi.size), mate[mi]] = False  # the mate itself
+    rank = 1 + ahead.sum(1)
+    rank[~(pos_sims > -np.inf)] = MISS_RANK
     nonmated_max = np.sort(sim[~mated].max(1))[::-1] if (~mated).any() and sim.shape[1] else np.zeros(0)
     tpir: dict[float, float] = {}
     thresholds: dict[float, float] = {}
@@ -331,13 +342,16 @@ def legacy_pooled_1toN(  # noqa: N802 (reference name)
         raise ValueError(f"legacy 1:N needs exactly one gallery template per probe subject (subject {bad})")
     mate = g_sorted[pos]
     n = probe_ids.size
-    sim = probe_feats @ gallery_feats.T
+    with np.errstate(invalid="ignore", over="ignore"):
+        sim = np.asarray(probe_feats, np.float64) @ np.asarray(gallery_feats, np.float64).T
     rows = np.arange(n)
+    is_mate = np.zeros(sim.shape, dtype=bool)
+    is_mate[rows, mate] = True
+    apply_to_scores(sim, is_mate, ~invalid_rows(probe_feats), ~invalid_rows(gallery_feats))
     pos_sims = sim[rows, mate].copy()
-    rank = 1 + (sim > pos_sims[:, np.newaxis]).sum(1)
-    sim[rows, mate] = -np.inf
-    neg = sim.reshape(-1)
-    neg = neg[np.isfinite(neg)]
+    rank = 1 + (~is_mate & (sim >= pos_sims[:, np.newaxis])).sum(1)  # pessimistic on ties
+    rank[~(pos_sims > -np.inf)] = MISS_RANK
+    neg = sim[~is_mate]
     tpir: dict[float, float] = {}
     thresholds: dict[float, float] = {}
     for f in fpirs:
@@ -417,7 +431,9 @@ def evaluate_1toN(  # noqa: N802 (public interface name)
     ranks_all = []
     for name, (tids, sids) in proto.galleries.items():
         g_t, g_s = _unique_first(tids, sids)
-        out = open_set_1toN(probe_feats, p_s, tf.features[tf.rows(g_t)], g_s, fpirs, ranks)
+        g_rows = tf.rows(g_t)
+        out = open_set_1toN(probe_feats, p_s, tf.features[g_rows], g_s, fpirs, ranks)
+        out["empty_gallery_templates"] = int(empty[g_rows].sum())
         for k in ranks:
             hits[k] += out["rank_counts"][k]
         mated_total += out["num_mated"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from fuseface.eval.invalid import invalid_rows
 from fuseface.eval.verification import evaluate
 
 
@@ -18,6 +19,9 @@ def lfw_pairs_protocol(
 ) -> dict[str, Any]:
     """10-fold verification (:func:`fuseface.eval.verification.evaluate`) of image features
     ``features`` (one row per distinct image) over the pairs ``(idx1[k], idx2[k])``; the 6,000 pairs
-    in file order give the 10 contiguous folds of 600."""
+    in file order give the 10 contiguous folds of 600. Pairs with an invalid feature are scored as
+    misses and counted (``invalid_pairs``, ``invalid_images``)."""
     features = np.asarray(features)
-    return evaluate(features[idx1], features[idx2], issame, nfolds=nfolds)
+    result = evaluate(features[idx1], features[idx2], issame, nfolds=nfolds)
+    result["invalid_images"] = int(invalid_rows(features).sum())
+    return result

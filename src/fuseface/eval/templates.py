@@ -16,10 +16,10 @@ order (float32), then cast to float64 and L2-normalised. The loops of the refere
 one stable sort of the images by (template, media) and ``np.add.reduceat``, which adds rows in the
 same order as the reference, so the template features are equal bit for bit.
 
-Bad features (our rule, the reference has none): an image whose feature row contains NaN/inf or is
-all zeros is **dropped from its template** and counted; a template left without any valid image
-gets a zero vector (its pairs then score exactly 0) and is counted too. Both counts are reported
-in every result.
+Bad features (our rule, :mod:`fuseface.eval.invalid`; the reference has none): an image whose
+feature row contains NaN/inf or is all zeros is **dropped from its template** and counted; a
+template left without any valid image gets a zero vector, which is itself invalid, so its pairs
+and searches are scored as misses; both counts are reported in every result.
 """
 
 from __future__ import annotations
@@ -29,18 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fuseface.data.ijb import index_in_sorted
+from fuseface.eval.invalid import invalid_rows
 from fuseface.eval.verification import l2_normalize
 
 ROW_CHUNK = 8192  # rows per block of the per-image passes: 16 MiB of 512-d float32
-
-
-def invalid_rows(features: np.ndarray) -> np.ndarray:
-    """Boolean mask of rows that contain NaN/inf or are all zeros."""
-    bad = np.zeros(features.shape[0], dtype=bool)
-    for a in range(0, features.shape[0], ROW_CHUNK):
-        block = features[a : a + ROW_CHUNK]
-        bad[a : a + ROW_CHUNK] = ~np.isfinite(block).all(1) | ~block.any(1)
-    return bad
 
 
 def image_features(

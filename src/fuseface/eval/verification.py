@@ -116,16 +116,25 @@ def evaluate(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int
     ``emb1``/``emb2``: (P, D) embeddings (any norm; normalised here). ``issame``: (P,) bool.
     Returns ``accuracy`` (per-fold array), ``accuracy_mean``, ``accuracy_std`` (ddof=0),
     ``best_thresholds`` (per fold, squared-L2 units), ``val``, ``val_std``, ``far`` (means over folds),
+    ``val_per_fold``, ``far_per_fold``, ``val_thresholds`` (the interpolated threshold of each fold),
     ``tpr``/``fpr`` (the reference's mean ROC over folds at the 400 thresholds) and ``num_pairs``.
     A fold without positives (or negatives) gives VAL (FAR) NaN where the reference would divide by zero.
+
+    Invalid embeddings (NaN/inf or zero norm, :mod:`fuseface.eval.invalid`): a pair with one is
+    kept in its fold and scored as a miss at every threshold (distance ``+inf`` for a genuine pair,
+    ``-inf`` for an impostor pair); ``invalid_pairs`` counts them. Without them nothing changes.
     """
-    e1, e2 = l2_normalize(emb1), l2_normalize(emb2)
+    from fuseface.eval.invalid import invalid_rows
+
     issame = np.asarray(issame).astype(bool).reshape(-1)
-    if e1.shape != e2.shape or e1.shape[0] != issame.size:
-        raise ValueError(f"shapes do not match: emb1 {e1.shape}, emb2 {e2.shape}, issame {issame.shape}")
-    if not (np.isfinite(e1).all() and np.isfinite(e2).all()):
-        raise ValueError("embeddings contain NaN or infinite values; remove those pairs first")
-    dist = np.sum(np.square(np.subtract(e1, e2)), 1)
+    emb1, emb2 = np.asarray(emb1), np.asarray(emb2)
+    if emb1.ndim != 2 or emb1.shape != emb2.shape or emb1.shape[0] != issame.size:
+        raise ValueError(f"shapes do not match: emb1 {emb1.shape}, emb2 {emb2.shape}, issame {issame.shape}")
+    invalid = invalid_rows(emb1) | invalid_rows(emb2)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        e1, e2 = l2_normalize(emb1), l2_normalize(emb2)
+        dist = np.sum(np.square(np.subtract(e1, e2)), 1)
+    dist[invalid] = np.where(issame[invalid], np.inf, -np.inf)
     folds = kfold_slices(issame.size, nfolds)
 
     # accuracy (calculate_roc)
@@ -148,13 +157,17 @@ def evaluate(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int
     _, vneg_b, _, vn_neg = _counts_below(dist, issame, folds, vthresholds)
     val = np.zeros(len(folds))
     far = np.zeros(len(folds))
+    val_thresholds = np.zeros(len(folds))
     for k, (a, b) in enumerate(folds):
         train_neg = vn_neg.sum() - vn_neg[k]
         far_train = (vneg_b.sum(0) - vneg_b[k]).astype(np.float64) / float(train_neg) if train_neg else None
-        if far_train is not None and np.max(far_train) >= FAR_TARGET:
+        # far_train[0] (threshold 0) is 0 unless invalid impostor pairs (distance -inf) are
+        # accepted at every threshold; when even it exceeds the target no threshold reaches it
+        if far_train is not None and np.max(far_train) >= FAR_TARGET and far_train[0] <= FAR_TARGET:
             threshold = _interp_slinear_legacy(far_train, vthresholds, FAR_TARGET)
         else:
             threshold = 0.0
+        val_thresholds[k] = threshold
         d, s = dist[a:b], issame[a:b]
         predict = np.less(d, threshold)
         ta = np.sum(np.logical_and(predict, s))
@@ -171,13 +184,22 @@ def evaluate(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int
         "val": float(np.mean(val)),
         "val_std": float(np.std(val)),
         "far": float(np.mean(far)),
+        "val_per_fold": val,
+        "far_per_fold": far,
+        "val_thresholds": val_thresholds,
         "tpr": np.mean(tprs, 0),
         "fpr": np.mean(fprs, 0),
         "num_pairs": int(issame.size),
+        "invalid_pairs": int(invalid.sum()),
     }
 
 
 def evaluate_interleaved(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10) -> dict[str, Any]:
-    """:func:`evaluate` on the ``.bin`` layout: rows ``2i`` and ``2i+1`` form pair ``i``."""
+    """:func:`evaluate` on the ``.bin`` layout: rows ``2i`` and ``2i+1`` form pair ``i``; also counts
+    the ``invalid_images``."""
+    from fuseface.eval.invalid import invalid_rows
+
     embeddings = np.asarray(embeddings)
-    return evaluate(embeddings[0::2], embeddings[1::2], issame, nfolds=nfolds)
+    result = evaluate(embeddings[0::2], embeddings[1::2], issame, nfolds=nfolds)
+    result["invalid_images"] = int(invalid_rows(embeddings).sum())
+    return result

@@ -9,7 +9,10 @@ with the alignment template in the ONNX metadata; insightface's ``(x/255 - 0.5)/
 in the model's channel order) and one output ``embedding`` ``(batch, D)``, un-normalised.
 
 :func:`check_onnx` runs the file with onnxruntime (CPU) and returns the max absolute difference to
-the PyTorch model on the same random batch.
+the PyTorch model on the same random batch. The exports refuse (:class:`~fuseface.errors.ExportError`,
+the CLI exits 2) a file whose difference exceeds ``ONNX_ATOL + ONNX_RTOL * max|torch output|``:
+float32 graphs reordered by onnxruntime agree to ~1e-6 relative, so a larger gap is a wrong graph.
+Without the ``onnx`` extra the export says which package to install.
 """
 
 from __future__ import annotations
@@ -22,9 +25,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from fuseface.errors import ConfigError
+from fuseface.errors import ConfigError, ExportError
 
 OPSET = 17
+ONNX_RTOL = 1e-4  # of max|torch output|
+ONNX_ATOL = 1e-5
+INSTALL_HINT = "pip install 'fuseface[onnx]' (onnx, onnxruntime, onnxscript)"
+
+
+def require_onnx() -> None:
+    """Raise :class:`ExportError` with the install command when the ``onnx`` extra is missing."""
+    import importlib
+
+    for name in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ExportError(
+                f"ONNX export needs the '{name}' package, which is not installed: {INSTALL_HINT}"
+            ) from None
+
+
+def check_tolerance(path: str | Path, diff: float, scale: float) -> None:
+    """Refuse an export whose onnxruntime output differs from PyTorch's beyond the stated tolerance."""
+    limit = ONNX_ATOL + ONNX_RTOL * scale
+    if not diff <= limit:
+        raise ExportError(
+            f"{path}: onnxruntime disagrees with PyTorch (max abs diff {diff:.3g} > tolerance {limit:.3g} = "
+            f"{ONNX_ATOL:g} + {ONNX_RTOL:g} x max|output| {scale:.3g}); the exported graph is not the model"
+        )
 
 
 class _EmbeddingOnly(nn.Module):
@@ -47,6 +76,7 @@ def export_onnx(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export ``net`` (eval mode, fp32) to ``path`` with a dynamic batch axis; returns the path."""
+    require_onnx()
     import onnx
 
     path = Path(path)
@@ -98,23 +128,30 @@ def run_onnx(path: str | Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
-def check_onnx(net: nn.Module, path: str | Path, input_size: int = 112, batch: int = 3, seed: int = 0) -> float:
+def check_onnx(
+    net: nn.Module, path: str | Path, input_size: int = 112, batch: int = 3, seed: int = 0, *, strict: bool = False
+) -> float:
     """Max absolute difference between PyTorch and onnxruntime outputs on a random batch (of a
-    size different from the one used at export, which also checks the dynamic axis)."""
+    size different from the one used at export, which also checks the dynamic axis); with
+    ``strict`` a difference beyond the tolerance raises :class:`ExportError`."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, input_size, input_size, generator=gen) * 2 - 1
     with torch.inference_mode():
         ref = _EmbeddingOnly(net).eval()(x).float().numpy()
     out = run_onnx(path, x.numpy())
     if out.shape != ref.shape:
-        raise ConfigError(f"{path}: onnxruntime output shape {out.shape} != torch {ref.shape}")
-    return float(np.abs(out - ref).max())
+        raise ExportError(f"{path}: onnxruntime output shape {out.shape} != torch {ref.shape}")
+    diff = float(np.abs(out - ref).max())
+    if strict:
+        check_tolerance(path, diff, float(np.abs(ref).max()))
+    return diff
 
 
 def export_model_file(model_path: str | Path, onnx_path: str | Path, fold_bn: bool = False) -> dict[str, Any]:
     """Export a fuseface model file; returns ``{"path", "max_abs_diff", "arch", ...}``."""
     from fuseface.infer.model_file import load_model
 
+    require_onnx()
     net, meta = load_model(model_path)
     if fold_bn:
         from fuseface.infer.optimize import prepare_for_inference
@@ -130,7 +167,7 @@ def export_model_file(model_path: str | Path, onnx_path: str | Path, fold_bn: bo
         "pixel_std": json.dumps(list(meta.pixel_std)),
     }
     export_onnx(net, onnx_path, input_size=meta.input_size, metadata=props)
-    diff = check_onnx(net, onnx_path, input_size=meta.input_size)
+    diff = check_onnx(net, onnx_path, input_size=meta.input_size, strict=True)
     return {
         "path": str(onnx_path),
         "max_abs_diff": diff,
@@ -234,6 +271,7 @@ def export_caface(caface: nn.Module, path: str | Path, max_images: int = 32, ops
 def export_fusion_file(fusion_path: str | Path, onnx_path: str | Path, max_images: int = 32) -> dict[str, Any]:
     """Export a CAFace fusion weights file (``fuseface.nn.fusion.save_fusion``) with
     :func:`export_caface` and check it against ``CAFace.fuse`` on a random half-full probe."""
+    require_onnx()
     import onnxruntime as ort
 
     from fuseface.nn.fusion import load_fusion
@@ -253,9 +291,11 @@ def export_fusion_file(fusion_path: str | Path, onnx_path: str | Path, max_image
     f[0, :n], s[0, :n], m[0, :n] = feats.numpy(), styles.numpy(), 1.0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"features": f, "styles": s, "mask": m})[0][0]
+    diff = float(np.abs(out - ref).max())
+    check_tolerance(onnx_path, diff, float(np.abs(ref).max()))
     return {
         "path": str(onnx_path),
-        "max_abs_diff": float(np.abs(out - ref).max()),
+        "max_abs_diff": diff,
         "max_images": max_images,
         "opset": OPSET,
     }

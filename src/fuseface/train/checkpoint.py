@@ -181,14 +181,23 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def write_atomic(obj: dict[str, Any], path: Path) -> Path:
-    """``torch.save`` to ``path.tmp``, flush to disk, then rename over ``path``."""
+    """``torch.save`` to ``path.tmp``, flush to disk, then rename over ``path``.
+
+    A failed write (no space left, quota, I/O error) removes the partial ``.tmp`` and raises
+    :class:`CheckpointError` naming the file; earlier checkpoints are never touched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        previous = [p.name for p in list_checkpoints(path.parent.parent) if p != path]
+        kept = f"; the previous checkpoints are intact ({', '.join(previous[-2:])})" if previous else ""
+        raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc}){kept}") from None
     return path
 
 

@@ -45,10 +45,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise ConfigError(f"--stages {stages!r}: expected comma-separated stage numbers, e.g. 1,2") from None
         if not stage_ids:
             raise ConfigError("--stages is empty: give comma-separated stage numbers, e.g. 1,2")
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
         net, model_meta = load_backbone_meta(model)
         opts = extract_options(model_meta, data, split, landmarks, template, degrade, scores, input_size)
         store_meta = {"model": model, "data": data, "split": split, **opts.pop("meta")}
@@ -64,6 +60,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             shard_size=shard_size,
             dtype=dtype,
             progress=progress,
+            threads=threads,
             **opts,
             meta=store_meta,
         )

@@ -327,8 +327,11 @@ def extract_features(
     scorer: Callable[[list[np.ndarray]], np.ndarray] | None = None,
     pixel_mean: Sequence[float] | None = None,
     pixel_std: Sequence[float] | None = None,
+    threads: int = 0,
 ) -> FeatureStore | None:
     """Write (or resume) the feature store of ``source`` at ``out_dir``; returns it when complete.
+
+    ``threads > 0`` sets torch's intra-op thread count for the run (0 leaves it as it is).
 
     ``degradation``: instead of the CAFace precompute augmentations, copy ``c`` (1..A) of image
     ``i`` is ``degradation.apply(image, default_rng([seed, i, c]))`` (e.g.
@@ -339,6 +342,8 @@ def extract_features(
     ``max_shards`` stops after that many new shards (returns None if the store is not complete
     yet), which is how the tests interrupt an extraction.
     """
+    if threads > 0:
+        torch.set_num_threads(threads)
     model = model.eval()
     order = channel_order or getattr(model, "channel_order", "rgb")
     if order not in ("rgb", "bgr"):

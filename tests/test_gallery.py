@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gallery_fixtures import backend, crops, face_model, model_file, other_model_file  # noqa: F401
 
 from fuseface.errors import ConfigError, DataError
 from fuseface.gallery import Gallery
 from fuseface.nn.fusion import save_fusion
 from fuseface.nn.fusion.caface import CAFace
 from fuseface.nn.fusion.pooling import AverageFusion, NormWeightedFusion
+from gallery_fixtures import backend, crops, face_model, model_file, other_model_file  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def _reference(fusion: str, feats: np.ndarray, styles: np.ndarray, caface_file: 
     return load_fusion(caface_file).fuse(feats, styles, chunk_size=1)
 
 
-def _create(tmp: Path, model: Path, backend: str, fusion: str = "average", caface: Path | None = None) -> Gallery:
+def _create(tmp: Path, model: Path, kind: str, fusion: str = "average", caface: Path | None = None) -> Gallery:
     return Gallery.create(
-        tmp / "g", model, fusion=fusion, fusion_weights=caface, backend=backend, milvus_uri=str(tmp / "milvus.db")
+        tmp / "g", model, fusion=fusion, fusion_weights=caface, backend=kind, milvus_uri=str(tmp / "milvus.db")
     )
 
 
@@ -78,7 +78,9 @@ def test_removing_a_photo_gives_the_template_without_it(tmp_path, model_file, ba
         g.add_features("bob", feats[:2] * -1, styles[:2] if fusion == "caface" else None, model_id=g.model_id)
         assert g.remove("ann", ["p2.jpg", "p4.jpg"]) == 2
         keep = [0, 1, 3, 5]
-        np.testing.assert_allclose(g.template("ann"), _reference(fusion, feats[keep], styles[keep], caface_file), atol=2e-5)
+        np.testing.assert_allclose(
+            g.template("ann"), _reference(fusion, feats[keep], styles[keep], caface_file), atol=2e-5
+        )
         assert [v for v, _, _ in g.store.template_history("ann")] == [1, 2]
         assert g.verify()
         g.remove("bob")

@@ -111,7 +111,9 @@ class Gallery:
         self.directory = store.directory
         self.meta = store.meta()
         if "model_id" not in self.meta:
-            raise DataError(f"{self.store.path}: incomplete gallery (its creation was interrupted); delete it and create again")
+            raise DataError(
+                f"{self.store.path}: incomplete gallery (its creation was interrupted); delete it and create again"
+            )
         self.model = model
         self.model_id = self.meta["model_id"]
         self.dim = int(self.meta["dim"])
@@ -157,7 +159,9 @@ class Gallery:
         if fusion == "caface":
             module = create_template_fusion("caface", fusion_weights).model  # type: ignore[attr-defined]
             if module.feature_dim != dim:
-                raise ConfigError(f"{fusion_weights}: CAFace fuses {module.feature_dim}-d features, the model gives {dim}-d")
+                raise ConfigError(
+                    f"{fusion_weights}: CAFace fuses {module.feature_dim}-d features, the model gives {dim}-d"
+                )
             style_channels = int(module.style_channels)
         store = GalleryStore(directory, create=True)
         if fusion == "caface":
@@ -173,7 +177,9 @@ class Gallery:
             "alignment": str(fm.meta.extra.get("alignment", f"arcface-5point-{fm.input_size}")),
             "fusion": fusion,
             "style_channels": style_channels,
-            "threshold": float(threshold if threshold is not None else fm.meta.extra.get("threshold", DEFAULT_THRESHOLD)),
+            "threshold": float(
+                threshold if threshold is not None else fm.meta.extra.get("threshold", DEFAULT_THRESHOLD)
+            ),
             "backend": backend,
             "index_kind": index_kind,
             "milvus_uri": milvus_uri or str(store.directory / "milvus.db"),
@@ -438,7 +444,11 @@ class Gallery:
             scores, ids = self.backend.search(q[good], k)
         names = self.store.names(sorted({int(i) for i in ids.ravel() if i >= 0}))
         for row, i in enumerate(np.flatnonzero(good)):
-            cands = [(names[int(j)], float(s)) for s, j in zip(scores[row], ids[row], strict=True) if j >= 0 and int(j) in names]
+            cands = [
+                (names[int(j)], float(s))
+                for s, j in zip(scores[row], ids[row], strict=True)
+                if j >= 0 and int(j) in names
+            ]
             best = cands[0][1] if cands else float("-inf")
             match = cands[0][0] if cands and best >= thr else None
             results[i] = SearchResult(labels[i], match, best, thr, cands)
@@ -454,7 +464,11 @@ class Gallery:
         if fuse:
             ok = [i for i in range(len(photos)) if i not in errors]
             if not ok:
-                return [SearchResult("+".join(labels), None, float("-inf"), self.threshold, error="; ".join(errors.values()))]
+                return [
+                    SearchResult(
+                        "+".join(labels), None, float("-inf"), self.threshold, error="; ".join(errors.values())
+                    )
+                ]
             query = self.fusion.template(self.fusion.state(feats[ok], None if styles is None else styles[ok]))
             return self.search_features(query[None], k, threshold, ["+".join(labels[i] for i in ok)])
         results = self.search_features(feats, k, threshold, labels)

@@ -114,7 +114,9 @@ class TemplateIndex:
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored unit vectors of ``ids`` (n, D)."""
-        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+        return (
+            np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+        )
 
     # -- updates ------------------------------------------------------------------------------
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -209,7 +211,7 @@ class LocalBackend:
         self.path = Path(path)
         self.index = TemplateIndex(dim, kind=kind, **index_options)
 
-    def matches(self, store, full: bool = False) -> bool:  # noqa: ANN001 (GalleryStore; no import cycle)
+    def matches(self, store, full: bool = False) -> bool:
         """Does the index reflect the store? Version and size; with ``full`` every id and vector."""
         ids, templates, _, _ = store.templates()
         if self.index.version != store.version or len(self.index) != len(ids):
@@ -220,7 +222,7 @@ class LocalBackend:
             return False
         return bool(np.allclose(self.index.vectors(ids), _unit_rows(templates, self.index.dim), atol=1e-5))
 
-    def sync(self, store) -> bool:  # noqa: ANN001
+    def sync(self, store) -> bool:
         """Load the saved index; rebuild it from the store when it is missing or disagrees. Returns
         whether it was rebuilt."""
         loaded = self.path.exists() and self.index.load(self.path)
@@ -231,7 +233,9 @@ class LocalBackend:
         self.index.save(self.path, store.version)
         return True
 
-    def apply(self, version: int, upserts: tuple[np.ndarray, np.ndarray, np.ndarray] | None, deletes: np.ndarray | None) -> None:
+    def apply(
+        self, version: int, upserts: tuple[np.ndarray, np.ndarray, np.ndarray] | None, deletes: np.ndarray | None
+    ) -> None:
         """Apply one committed change and persist the index with the store ``version`` it reflects."""
         if deletes is not None:
             self.index.remove(deletes)

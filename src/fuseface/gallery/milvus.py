@@ -34,7 +34,9 @@ class MilvusBackend:
         try:
             from pymilvus import MilvusClient
         except ImportError as exc:
-            raise ConfigError("the milvus backend needs pymilvus (and milvus-lite for a local .db): pip install 'fuseface[milvus]'") from exc
+            raise ConfigError(
+                "the milvus backend needs pymilvus (and milvus-lite for a local .db): pip install 'fuseface[milvus]'"
+            ) from exc
         self.uri = uri
         self.collection = collection
         self.dim = dim
@@ -94,7 +96,9 @@ class MilvusBackend:
         for start in range(0, len(rows), 2048):
             self.client.upsert(self.collection, rows[start : start + 2048])
 
-    def apply(self, version: int, upserts: tuple[np.ndarray, np.ndarray, np.ndarray] | None, deletes: np.ndarray | None) -> None:
+    def apply(
+        self, version: int, upserts: tuple[np.ndarray, np.ndarray, np.ndarray] | None, deletes: np.ndarray | None
+    ) -> None:
         """Apply one committed change (``version`` is the store's; per-entity versions are kept)."""
         if deletes is not None and len(deletes):
             self.client.delete(self.collection, ids=[int(i) for i in deletes])
@@ -104,7 +108,9 @@ class MilvusBackend:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.atleast_2d(np.asarray(queries, np.float32))
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        hits = self.client.search(self.collection, data=q.tolist(), limit=max(1, k), search_params={"metric_type": "IP"})
+        hits = self.client.search(
+            self.collection, data=q.tolist(), limit=max(1, k), search_params={"metric_type": "IP"}
+        )
         width = max(1, max((len(h) for h in hits), default=1))
         scores = np.full((len(q), width), -np.inf, np.float32)
         ids = np.full((len(q), width), -1, np.int64)

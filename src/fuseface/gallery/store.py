@@ -105,7 +105,9 @@ class GalleryStore:
             if self.path.exists():
                 raise DataError(f"{self.path}: a gallery already exists here")
         elif not self.path.is_file():
-            raise DataError(f"{self.directory}: not a gallery (no {self.FILENAME}); create one with `fuseface gallery create`")
+            raise DataError(
+                f"{self.directory}: not a gallery (no {self.FILENAME}); create one with `fuseface gallery create`"
+            )
         self.lock = threading.RLock()
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self.conn.execute("PRAGMA foreign_keys = ON")
@@ -133,7 +135,9 @@ class GalleryStore:
 
     # -- meta ----------------------------------------------------------------------------------
     def set_meta(self, cur: sqlite3.Cursor, values: dict[str, Any]) -> None:
-        cur.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
+        cur.executemany(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+        )
 
     def meta(self) -> dict[str, str]:
         with self.lock:
@@ -154,9 +158,11 @@ class GalleryStore:
     # -- identities ----------------------------------------------------------------------------
     def identity(self, name: str, cur: sqlite3.Cursor | None = None) -> IdentityRow | None:
         with self.lock:
-            row = (cur or self.conn).execute(
-                "SELECT id, name, state, template, template_version FROM identities WHERE name = ?", (name,)
-            ).fetchone()
+            row = (
+                (cur or self.conn)
+                .execute("SELECT id, name, state, template, template_version FROM identities WHERE name = ?", (name,))
+                .fetchone()
+            )
         return None if row is None else IdentityRow(row[0], row[1], row[2], np.frombuffer(row[3], np.float32), row[4])
 
     def identities(self) -> list[tuple[int, str, int, int]]:
@@ -170,7 +176,9 @@ class GalleryStore:
     def templates(self) -> tuple[np.ndarray, np.ndarray, dict[int, str], dict[int, int]]:
         """``(ids (n,) int64, templates (n, D) float32, id -> name, id -> template_version)``."""
         with self.lock:
-            rows = self.conn.execute("SELECT id, name, template, template_version FROM identities ORDER BY id").fetchall()
+            rows = self.conn.execute(
+                "SELECT id, name, template, template_version FROM identities ORDER BY id"
+            ).fetchall()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         dim = int(self.meta().get("dim", "0"))
         mat = np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows else np.zeros((0, dim), np.float32)
@@ -217,8 +225,8 @@ class GalleryStore:
         """``(version, n_images, reason)`` of an identity's templates, oldest first."""
         with self.lock:
             return self.conn.execute(
-                "SELECT v.version, v.n_images, v.reason FROM template_versions v JOIN identities i ON i.id = v.identity_id "
-                "WHERE i.name = ? ORDER BY v.version",
+                "SELECT v.version, v.n_images, v.reason FROM template_versions v "
+                "JOIN identities i ON i.id = v.identity_id WHERE i.name = ? ORDER BY v.version",
                 (name,),
             ).fetchall()
 
@@ -237,8 +245,8 @@ class GalleryStore:
     ) -> int:
         feat = np.ascontiguousarray(feature, dtype=np.float32)
         cur.execute(
-            "INSERT INTO images(identity_id, sha256, source, feature, norm, styles, det_score, model_id, alignment, added) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO images(identity_id, sha256, source, feature, norm, styles, det_score, model_id, "
+            "alignment, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ident,
                 sha256,
@@ -255,7 +263,10 @@ class GalleryStore:
         return int(cur.lastrowid or 0)
 
     def has_image(self, cur: sqlite3.Cursor, ident: int, sha256: str) -> bool:
-        return cur.execute("SELECT 1 FROM images WHERE identity_id = ? AND sha256 = ?", (ident, sha256)).fetchone() is not None
+        return (
+            cur.execute("SELECT 1 FROM images WHERE identity_id = ? AND sha256 = ?", (ident, sha256)).fetchone()
+            is not None
+        )
 
     def images(self, ident: int | None = None, cur: sqlite3.Cursor | None = None) -> list[ImageRow]:
         """The stored photos of one identity (or all), in insertion order."""

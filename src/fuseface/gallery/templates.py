@@ -123,9 +123,15 @@ class CAFaceTemplate(TemplateFusion):
         feats = torch.as_tensor(np.asarray(features, dtype=np.float32))[:, None, :]  # n chunks of 1 photo
         stys = torch.as_tensor(np.asarray(styles, dtype=np.float32))
         if stys.shape != (feats.shape[0], self.model.style_channels, 2):
-            raise DataError(f"fusion caface: styles must be (n, {self.model.style_channels}, 2), got {tuple(stys.shape)}")
+            raise DataError(
+                f"fusion caface: styles must be (n, {self.model.style_channels}, 2), got {tuple(stys.shape)}"
+            )
         _, mass, mu, sigma = self.model.cluster(feats, self.model.style_input(stys)[:, None, :])
-        return {"mass": mass.double().numpy(), "features": (mass * mu).double().numpy(), "styles": (mass * sigma).double().numpy()}
+        return {
+            "mass": mass.double().numpy(),
+            "features": (mass * mu).double().numpy(),
+            "styles": (mass * sigma).double().numpy(),
+        }
 
     @torch.inference_mode()
     def template(self, state: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -6,8 +6,10 @@ version). Milvus replaces only the vector index; enrolment, fusion state and the
 gallery's SQLite file, so both backends share one gallery implementation.
 
 ``uri`` selects the server: a path ending in ``.db`` starts **milvus-lite** (embedded Milvus, the
-``milvus-lite`` pip package; one process, a local file), ``http://host:19530`` (with ``token``
-``user:password`` or an API key) a Milvus standalone/cluster or Zilliz Cloud — the same code.
+``milvus-lite`` pip package: since version 3 a pure-Python engine serving gRPC on 127.0.0.1 from a
+thread of this process, holding a lock on the file until :meth:`MilvusBackend.close`);
+``http://host:19530`` (with ``token`` ``user:password`` or an API key) a Milvus standalone or
+cluster, or Zilliz Cloud — the same code.
 
 Consistency: a change is committed to SQLite first, then upserted/deleted here. On open,
 :meth:`MilvusBackend.sync` reads every ``(id, version)`` from the collection and repairs what
@@ -45,6 +47,7 @@ class MilvusBackend:
             self.client.create_collection(
                 collection, dimension=dim, metric_type="IP", id_type="int", auto_id=False, consistency_level="Strong"
             )
+        self.client.load_collection(collection)  # a reopened collection starts released
 
     def _entities(self, with_vectors: bool = False) -> dict[int, dict[str, Any]]:
         fields = ["version", "vector"] if with_vectors else ["version"]
@@ -120,4 +123,13 @@ class MilvusBackend:
         return scores, ids
 
     def close(self) -> None:
+        """Close the client; for milvus-lite also stop its in-process server, which holds the file lock."""
         self.client.close()
+        if self.is_lite:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+
+    @property
+    def is_lite(self) -> bool:
+        return self.uri.endswith(".db") and "://" not in self.uri

@@ -150,7 +150,9 @@ class Gallery:
             raise ConfigError(f"--fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        model_path = str(Path(model).resolve()) if isinstance(model, (str, Path)) else ""
+        model_path = ""
+        if isinstance(model, (str, Path)):
+            model_path = str(Path(model).resolve()) if Path(model).exists() else str(model)  # a file or a model name
         fm = _load_model(model)
         if fm is None:
             raise ConfigError("a gallery needs a model (-m MODEL)")
@@ -192,10 +194,24 @@ class Gallery:
         return cls(store, fm)
 
     @classmethod
-    def open(cls, directory: str | Path, model: Any = None, **backend_options: Any) -> Gallery:
-        """Open a gallery; ``model`` (FaceModel or path) is needed to add or search photos and must be
-        the model the gallery was created with. The index is checked against SQLite (and rebuilt)."""
-        return cls(GalleryStore(directory), _load_model(model), backend_options)
+    def open(
+        cls, directory: str | Path, model: Any = None, stored_model: bool = False, **backend_options: Any
+    ) -> Gallery:
+        """Open a gallery; ``model`` (FaceModel, file or name) is needed to add or search photos and must
+        be the model the gallery was created with (``stored_model=True`` without ``model`` loads the one
+        recorded at creation). The index is checked against SQLite (and rebuilt when they disagree)."""
+        store = GalleryStore(directory)
+        if model is None and stored_model:
+            model = store.meta().get("model_path") or None
+            if model is None:
+                store.close()
+                raise ConfigError(f"{directory}: the gallery records no model file; give -m MODEL")
+        try:
+            fm = _load_model(model)
+        except Exception:
+            store.close()
+            raise
+        return cls(store, fm, backend_options)
 
     def close(self) -> None:
         self.backend.close()

@@ -157,3 +157,38 @@ def test_model_meta_that_contradicts_the_network_size_is_refused(tmp_path: Path)
     with pytest.raises(ValueError, match=r"FaceModel\(ir18\): the model was built for 16x16"):
         FaceModel(net, wrong)
     assert FaceModel(net, ModelMeta("ir18", {"input_size": 16}, input_size=16)).input_size == 16
+
+
+def test_model_meta_preprocessing_settings_round_trip(tmp_path):
+    """Template, pixel mean/std and embedding size survive the model file; old files read with defaults."""
+    import numpy as np
+    import torch
+
+    import fuseface
+    from fuseface.align.similarity import register_template, template_points
+    from fuseface.infer.embedder import FaceModel, to_input_tensor
+    from fuseface.infer.model_file import ModelMeta, load_model, save_model
+
+    register_template("unit_test_template", template_points("arcface", 64), 64)
+    net = fuseface.create_backbone("ir18")
+    meta = ModelMeta(
+        arch="ir18",
+        template="unit_test_template",
+        pixel_mean=(10.0, 20.0, 30.0),
+        pixel_std=(2.0, 4.0, 8.0),
+        embedding_size=512,
+    )
+    _, back = load_model(save_model(tmp_path / "m.safetensors", net, meta))
+    assert back.template == "unit_test_template"
+    assert back.pixel_mean == (10.0, 20.0, 30.0) and back.pixel_std == (2.0, 4.0, 8.0)
+    assert back.embedding_size == 512
+    old = ModelMeta.from_strings({"fuseface_format": "1", "arch": "ir18"}, "old.safetensors")
+    assert (old.template, old.pixel_mean, old.embedding_size) == ("arcface", (127.5, 127.5, 127.5), None)
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    x = FaceModel(net, back).to_input(images)
+    expected = torch.from_numpy(images).permute(0, 3, 1, 2).float() - torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)
+    expected = expected / torch.tensor([2.0, 4.0, 8.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected)
+    default = to_input_tensor(images, "rgb")
+    torch.testing.assert_close(default, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0)

@@ -60,7 +60,10 @@ def create_fusion(name: str, **kwargs: Any) -> nn.Module:
 
 def load(path: str, **kwargs: Any) -> Any:
     """Load a fuseface model file (safetensors with its architecture, channel order and input
-    size stored beside the weights) and return a ready :class:`fuseface.infer.embedder.FaceModel`."""
+    size stored beside the weights) and return a ready :class:`fuseface.infer.embedder.FaceModel`.
+
+    ``path`` may also name a fetched pretrained model: ``"dlib-resnet"`` (after
+    ``fuseface models fetch dlib-resnet``)."""
     from fuseface.infer.embedder import FaceModel
 
     return FaceModel.from_file(path, **kwargs)

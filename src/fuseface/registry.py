@@ -31,6 +31,7 @@ _ENTRIES: dict[str, dict[str, str | Callable[..., Any]]] = {
         # the small IResNet (one block per stage) that `make demo` trains; registered here so that
         # the demo's exported model file loads anywhere with ``fuseface.load``
         "ir_demo": "fuseface.experiments.demo:demo_iresnet",
+        "dlib_resnet_v1": "fuseface.nn.backbones.dlib_resnet:dlib_resnet_v1",
     },
     "conv": {
         "conv3x3": "fuseface.nn.backbones.iresnet:plain_conv3x3",

@@ -108,10 +108,14 @@ class AlignedFace:
     landmarks: np.ndarray
 
 
-def align_detections(image: np.ndarray, det: Detections, policy: str = "largest", size: int = 112) -> list[AlignedFace]:
-    """Align the faces chosen by ``policy`` from a detection result."""
+def align_detections(
+    image: np.ndarray, det: Detections, policy: str = "largest", size: int = 112, template: str = "arcface"
+) -> list[AlignedFace]:
+    """Align the faces chosen by ``policy`` from a detection result onto a named template."""
     return [
-        AlignedFace(align_face(image, det.landmarks[i], size), det.boxes[i], float(det.scores[i]), det.landmarks[i])
+        AlignedFace(
+            align_face(image, det.landmarks[i], size, template), det.boxes[i], float(det.scores[i]), det.landmarks[i]
+        )
         for i in select_faces(det, image.shape, policy)
     ]
 

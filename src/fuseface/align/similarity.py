@@ -39,11 +39,62 @@ ARCFACE_TEMPLATE_112 = np.array(
 )
 
 
+#: Where the MTCNN 5 points (same order) fall in dlib's 150 x 150 face chip (``get_face_chip_details``
+#: with ``size=150, padding=0.25``, the crop ``dlib_face_recognition_resnet_model_v1`` was trained on).
+#: dlib defines that chip on its own 5 landmarks (eye corners and the point under the nose); these
+#: are the MTCNN landmarks mapped through dlib's chip transform, averaged over real photos
+#: (``scripts/fit_dlib_template.py``).
+DLIB_TEMPLATE_150 = np.array(
+    [
+        [47.7, 47.1],
+        [100.3, 47.1],
+        [74.0, 80.0],
+        [55.0, 103.0],
+        [93.0, 103.0],
+    ],
+    dtype=np.float64,
+)
+
+
+#: Named 5-point templates: ``name -> (points (5, 2) in the order above, side of the crop they
+#: are defined on)``. A model file names its template (``ModelMeta.template``), so every photo path
+#: aligns faces the way that model was trained. Add one with :func:`register_template`.
+TEMPLATES: dict[str, tuple[np.ndarray, int]] = {
+    "arcface": (ARCFACE_TEMPLATE_112, 112),
+    "dlib_150": (DLIB_TEMPLATE_150, 150),
+}
+
+
+def register_template(name: str, points: np.ndarray, size: int) -> None:
+    """Make ``template=name`` align faces so that the 5 landmarks land on ``points`` of a
+    ``size`` x ``size`` crop (left eye, right eye, nose tip, left and right mouth corner)."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape != (5, 2):
+        raise ValueError(f"template {name!r}: expected (5, 2) points, got {pts.shape}")
+    TEMPLATES[name] = (pts, int(size))
+
+
+def template_points(template: str = "arcface", size: int | None = None) -> np.ndarray:
+    """The 5 points of a named template for a ``size`` x ``size`` crop (scaled from the size the
+    template is defined on; ``None`` keeps that size)."""
+    try:
+        points, native = TEMPLATES[template]
+    except KeyError:
+        raise ValueError(f"unknown alignment template {template!r}; known: {', '.join(sorted(TEMPLATES))}") from None
+    if size is None or size == native:
+        return points.copy()
+    return points * (size / native)
+
+
+def template_size(template: str = "arcface") -> int:
+    """The crop side a named template is defined on (112 for ArcFace)."""
+    template_points(template)  # validates the name
+    return TEMPLATES[template][1]
+
+
 def arcface_template(size: int = 112) -> np.ndarray:
     """The ArcFace 5-point template for a ``size`` x ``size`` crop (scaled from 112; 128 -> x8/7)."""
-    if size == 112:
-        return ARCFACE_TEMPLATE_112.copy()
-    return ARCFACE_TEMPLATE_112 * (size / 112.0)
+    return template_points("arcface", size)
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np.ndarray:
@@ -77,12 +128,12 @@ def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np
     return out
 
 
-def estimate_norm(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """The 2x3 matrix mapping 5 image landmarks onto the ArcFace template (PROTOCOLS.md §5.3)."""
+def estimate_norm(landmarks: np.ndarray, size: int = 112, template: str = "arcface") -> np.ndarray:
+    """The 2x3 matrix mapping 5 image landmarks onto a named template (ArcFace: PROTOCOLS.md §5.3)."""
     lmk = landmarks_68_to_5(landmarks) if np.asarray(landmarks).shape[0] == 68 else np.asarray(landmarks)
     if lmk.shape != (5, 2):
         raise ValueError(f"expected 5 (or 68) landmarks of shape (5, 2), got {np.asarray(landmarks).shape}")
-    return umeyama(lmk, arcface_template(size))[:2]
+    return umeyama(lmk, template_points(template, size))[:2]
 
 
 def landmarks_68_to_5(landmarks68: np.ndarray) -> np.ndarray:
@@ -100,9 +151,9 @@ def warp_face(image: np.ndarray, matrix: np.ndarray, size: int = 112) -> np.ndar
     return cv2.warpAffine(image, np.asarray(matrix, dtype=np.float64), (size, size), borderValue=0.0)
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112, template: str = "arcface") -> np.ndarray:
     """Crop an aligned ``size`` x ``size`` face from ``image`` given its 5 (or 68) landmarks."""
-    return warp_face(image, estimate_norm(landmarks, size), size)
+    return warp_face(image, estimate_norm(landmarks, size, template), size)
 
 
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

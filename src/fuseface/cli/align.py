@@ -72,15 +72,25 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @groups["models"].command("fetch")
     def fetch(
-        name: str = typer.Argument(..., help="What to fetch: mtcnn."),
+        name: str = typer.Argument(..., help="What to fetch: mtcnn (detector) or dlib-resnet (face model)."),
         wheel: Path = typer.Option(None, help="Use this facenet-pytorch wheel instead of downloading it."),
+        archive: Path = typer.Option(
+            None, help="dlib-resnet: use this face-recognition-models archive instead of downloading it."
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     ) -> None:
-        """Download (pip, --no-deps), verify (SHA-256) and cache detector weights. Idempotent."""
+        """Download (pip, --no-deps), verify (SHA-256) and cache weights. Idempotent."""
         from fuseface.errors import ConfigError
 
+        if name == "dlib-resnet":
+            from fuseface.infer.pretrained import fetch_dlib_resnet
+
+            path = fetch_dlib_resnet(archive=archive, quiet=quiet)
+            if not quiet:
+                typer.echo(str(path))
+            return
         if name != "mtcnn":
-            raise ConfigError(f"unknown weights {name!r}; available: mtcnn")
+            raise ConfigError(f"unknown weights {name!r}; available: mtcnn, dlib-resnet")
         from fuseface.align.weights import fetch_mtcnn
 
         folder = fetch_mtcnn(wheel=wheel, quiet=quiet)

@@ -10,12 +10,14 @@ insightface    iresnet18, iresnet34, ..., iresnet200       ``compat/insightface.
 adaface        ir_18, ir_34, ir_50, ir_101                 ``compat/adaface.py``
 msconv         msnet26, msnet50, msnet101                  ``compat/msconv.py``
 caface         caface                                      ``compat/caface.py``
+dlib           resnet_v1 (a ``.dat`` path, not a state dict)  ``compat/dlib.py``
 =============  ==========================================  =========================
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,19 +29,25 @@ _SOURCES = {
     "adaface": "fuseface.compat.adaface",
     "msconv": "fuseface.compat.msconv",
     "caface": "fuseface.compat.caface",
+    "dlib": "fuseface.compat.dlib",
 }
 
 
-def from_official(source: str, arch: str, state_dict: Mapping[str, Any]) -> nn.Module:
+def from_official(source: str, arch: str, state_dict: Mapping[str, Any] | str | os.PathLike[str]) -> nn.Module:
     """Build ``arch`` as the official ``source`` code defines it and load ``state_dict`` strictly.
 
-    ``state_dict`` may be the raw mapping of tensors or a whole checkpoint dict holding it under
+    ``state_dict`` may be a file path for sources with their own format (``dlib``: the ``.dat``),
+    the raw mapping of tensors or a whole checkpoint dict holding it under
     ``"state_dict"`` (Lightning) or ``"model"``; each converter documents the keys it sets aside.
     The returned module is in eval mode and records ``channel_order`` and ``input_size``.
     """
     if source not in _SOURCES:
         raise ValueError(f"unknown checkpoint source {source!r}; known: {sorted(_SOURCES)}")
     module = importlib.import_module(_SOURCES[source])
+    if isinstance(state_dict, (str, os.PathLike)):  # sources whose files are not torch checkpoints
+        if not hasattr(module, "from_path"):
+            raise TypeError(f"{source} checkpoints are state dicts; load the file with torch.load first")
+        return module.from_path(arch, state_dict).eval()
     model = module.convert(arch, unwrap_state_dict(state_dict))
     return model.eval()
 

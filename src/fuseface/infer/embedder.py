@@ -2,13 +2,15 @@
 
 ``embed_aligned`` takes aligned crops (uint8 H x W x 3, **RGB**, the project-wide convention for
 arrays in memory), converts them to the channel order the network was trained on, normalises them
-with ``(x/255 - 0.5)/0.5`` and returns un-normalised embeddings with their norms.
+with the model file's ``(x - pixel_mean) / pixel_std`` (insightface's ``(x/255 - 0.5)/0.5`` by
+default) and returns un-normalised embeddings with their norms.
 
 ``embed`` also takes photos (paths or arrays): anything that is not already an ``input_size``
 square crop (or everything, with ``detect=True``) goes through MTCNN detection and the 5-point
-ArcFace alignment (:mod:`fuseface.align`), keeping one face per photo (``policy``: the largest by
-default). A photo that cannot be read or has no face does not stop the batch: its row is NaN and
-the reason is reported (``embed_photos`` returns the reasons, ``embed`` warns).
+alignment onto the model's template (``meta.template``, :mod:`fuseface.align`), keeping one
+face per photo (``policy``: the largest by default). A photo that cannot be read or has no face
+does not stop the batch: its row is NaN and the reason is reported (``embed_photos`` returns the
+reasons, ``embed`` warns).
 ``compare`` gives the cosine similarity of two faces and a same/different verdict at a stated
 threshold.
 """
@@ -26,7 +28,13 @@ import torch
 from torch import nn
 
 from fuseface.errors import DataError
-from fuseface.infer.model_file import ModelMeta, check_input_size, load_model
+from fuseface.infer.model_file import (
+    DEFAULT_PIXEL_MEAN,
+    DEFAULT_PIXEL_STD,
+    ModelMeta,
+    check_input_size,
+    load_model,
+)
 
 #: Default cosine-similarity threshold of ``compare`` (a typical ArcFace operating point on LFW;
 #: calibrate your own with ``fuseface eval`` — a model file may store ``extra["threshold"]``).
@@ -51,14 +59,27 @@ class EmbedResult:
         return mask
 
 
-def to_input_tensor(images: np.ndarray, channel_order: str) -> torch.Tensor:
-    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W) in the model's order, normalised to [-1, 1]."""
+def to_input_tensor(
+    images: np.ndarray,
+    channel_order: str,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W) in the model's channel order, normalised.
+
+    Without ``pixel_mean`` / ``pixel_std`` this is insightface's ``(x / 255 - 0.5) / 0.5`` (values in
+    [-1, 1]); with them (0..255 scale, in the model's channel order) it is ``(x - mean) / std``.
+    """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images of shape (N, H, W, 3), got {images.shape}")
     if channel_order == "bgr":
         images = images[..., ::-1]
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return (x / 255.0 - 0.5) / 0.5
+    if pixel_mean is None and pixel_std is None:
+        return (x / 255.0 - 0.5) / 0.5
+    mean = torch.tensor(list(pixel_mean or (127.5,) * 3), dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(list(pixel_std or (127.5,) * 3), dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 class FaceModel:
@@ -77,6 +98,20 @@ class FaceModel:
     @property
     def input_size(self) -> int:
         return self.meta.input_size
+
+    @property
+    def template(self) -> str:
+        """Name of the alignment template the model's crops are made with."""
+        return self.meta.template
+
+    def to_input(self, images: np.ndarray) -> torch.Tensor:
+        """Aligned uint8 RGB crops (N, S, S, 3) -> the network's input tensor on its device."""
+        meta = self.meta
+        if tuple(meta.pixel_mean) == DEFAULT_PIXEL_MEAN and tuple(meta.pixel_std) == DEFAULT_PIXEL_STD:
+            x = to_input_tensor(images, meta.channel_order)
+        else:
+            x = to_input_tensor(images, meta.channel_order, meta.pixel_mean, meta.pixel_std)
+        return self._match_input(x.to(self.device))
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu") -> FaceModel:
@@ -104,7 +139,7 @@ class FaceModel:
 
             iterator = tqdm(batches, desc="embedding", unit="batch")
         for batch in iterator:
-            x = self._match_input(to_input_tensor(batch, self.channel_order).to(self.device))
+            x = self.to_input(batch)
             emb = self.net(x)
             if flip:
                 emb = emb + self.net(torch.flip(x, dims=[3]))
@@ -157,7 +192,7 @@ class FaceModel:
                 raise DataError(f"{name}: not a {size}x{size} aligned crop (shape {image.shape}); use detect=True")
             return np.ascontiguousarray(image), None
         det = self.detector.detect(image)
-        faces = align_detections(image, det, policy=policy, size=size)
+        faces = align_detections(image, det, policy=policy, size=size, template=self.template)
         if not faces:
             raise DataError(f"{name}: no face detected")
         return faces[0].crop, faces[0]

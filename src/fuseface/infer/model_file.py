@@ -8,7 +8,16 @@ Metadata keys (all strings, as safetensors requires):
 * ``arch_kwargs``: JSON of the keyword arguments for :func:`fuseface.create_backbone`;
 * ``channel_order``: ``"rgb"`` or ``"bgr"``, the order the network was trained on;
 * ``input_size``: side of the square aligned crop (112);
-* ``extra``: free JSON (training run, source checkpoint, ...).
+* ``template``: the alignment template the crops are made with (a name in
+  :data:`fuseface.align.similarity.TEMPLATES`; ``"arcface"`` when absent);
+* ``pixel_mean`` / ``pixel_std``: JSON lists of 3 numbers on the 0..255 scale, in the network's
+  channel order: the input is ``(x - mean) / std`` (absent: 127.5 / 127.5, i.e. insightface's
+  ``(x / 255 - 0.5) / 0.5``);
+* ``embedding_size``: width of the embedding (absent in older files);
+* ``extra``: free JSON (training run, source checkpoint, licence, calibrated ``threshold`` ...).
+
+Files written before ``template``, ``pixel_mean``, ``pixel_std`` and ``embedding_size`` existed
+read with those defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ from torch import nn
 from fuseface.errors import CheckpointError
 
 FORMAT_VERSION = "1"
+#: insightface's input normalisation ``(x / 255 - 0.5) / 0.5`` as a mean and std on the 0..255 scale.
+DEFAULT_PIXEL_MEAN = (127.5, 127.5, 127.5)
+DEFAULT_PIXEL_STD = (127.5, 127.5, 127.5)
 
 
 @dataclass
@@ -35,30 +47,56 @@ class ModelMeta:
     channel_order: str = "rgb"
     input_size: int = 112
     extra: dict[str, Any] = field(default_factory=dict)
+    template: str = "arcface"
+    pixel_mean: tuple[float, float, float] = DEFAULT_PIXEL_MEAN
+    pixel_std: tuple[float, float, float] = DEFAULT_PIXEL_STD
+    embedding_size: int | None = None
 
     def to_strings(self) -> dict[str, str]:
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
-        return {
+        out = {
             "fuseface_format": FORMAT_VERSION,
             "arch": self.arch,
             "arch_kwargs": json.dumps(self.arch_kwargs, sort_keys=True),
             "channel_order": self.channel_order,
             "input_size": str(self.input_size),
+            "template": self.template,
+            "pixel_mean": json.dumps([float(v) for v in self.pixel_mean]),
+            "pixel_std": json.dumps([float(v) for v in self.pixel_std]),
             "extra": json.dumps(self.extra, sort_keys=True, default=str),
         }
+        if self.embedding_size is not None:
+            out["embedding_size"] = str(int(self.embedding_size))
+        return out
 
     @classmethod
     def from_strings(cls, meta: dict[str, str], path: str | Path) -> ModelMeta:
         if meta.get("fuseface_format") != FORMAT_VERSION or "arch" not in meta:
             raise CheckpointError(f"{path}: not a fuseface model file (metadata {sorted(meta)})")
-        return cls(
-            arch=meta["arch"],
-            arch_kwargs=json.loads(meta.get("arch_kwargs", "{}")),
-            channel_order=meta.get("channel_order", "rgb"),
-            input_size=int(meta.get("input_size", "112")),
-            extra=json.loads(meta.get("extra", "{}")),
-        )
+        try:
+            return cls(
+                arch=meta["arch"],
+                arch_kwargs=json.loads(meta.get("arch_kwargs", "{}")),
+                channel_order=meta.get("channel_order", "rgb"),
+                input_size=int(meta.get("input_size", "112")),
+                extra=json.loads(meta.get("extra", "{}")),
+                template=meta.get("template", "arcface"),
+                pixel_mean=_three_floats(meta.get("pixel_mean"), DEFAULT_PIXEL_MEAN, "pixel_mean"),
+                pixel_std=_three_floats(meta.get("pixel_std"), DEFAULT_PIXEL_STD, "pixel_std"),
+                embedding_size=int(meta["embedding_size"]) if "embedding_size" in meta else None,
+            )
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: malformed model file metadata ({exc})") from exc
+
+
+def _three_floats(text: str | None, default: tuple[float, float, float], key: str) -> tuple[float, float, float]:
+    if text is None:
+        return default
+    values = json.loads(text)
+    if not isinstance(values, list) or len(values) != 3:
+        raise ValueError(f"{key} must be a list of 3 numbers, got {text!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def check_input_size(model: nn.Module, meta: ModelMeta, where: str) -> None:
@@ -90,7 +128,9 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMet
     """Read the tensors and metadata of a model file, with a clear error when it is not one."""
     from safetensors import safe_open
 
-    path = Path(path)
+    from fuseface.infer.pretrained import resolve_model_path
+
+    path = resolve_model_path(path)  # a pretrained name such as "dlib-resnet" -> its cached file
     if not path.is_file():
         raise CheckpointError(f"{path}: model file not found")
     try:

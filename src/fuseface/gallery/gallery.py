@@ -176,7 +176,7 @@ class Gallery:
             "dim": dim,
             "input_size": fm.input_size,
             "channel_order": fm.channel_order,
-            "alignment": str(fm.meta.extra.get("alignment", f"arcface-5point-{fm.input_size}")),
+            "alignment": f"{fm.meta.template}-5point-{fm.input_size}",
             "fusion": fusion,
             "style_channels": style_channels,
             "threshold": float(

@@ -159,12 +159,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 def model_fingerprint(model: nn.Module, meta: ModelMeta) -> str:
     """SHA-256 of what decides a model's embeddings: architecture, its arguments, channel order,
-    input size and every weight tensor (name, dtype, shape, bytes, in key order). Two files holding
+    input size, alignment template, pixel normalisation and every weight tensor (name, dtype, shape, bytes, in key order). Two files holding
     the same network give the same fingerprint; any changed weight gives another."""
     import hashlib
 
     h = hashlib.sha256()
-    head = {k: v for k, v in meta.to_strings().items() if k in ("arch", "arch_kwargs", "channel_order", "input_size")}
+    decisive = ("arch", "arch_kwargs", "channel_order", "input_size", "template", "pixel_mean", "pixel_std")
+    head = {k: v for k, v in meta.to_strings().items() if k in decisive}
     h.update(json.dumps(head, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()

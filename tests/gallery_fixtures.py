@@ -57,3 +57,40 @@ def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "milvus":
         require_or_skip(milvus_available(), "pymilvus / milvus-lite not installed", "FUSEFACE_REQUIRE_MILVUS")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def dlib_model():
+    """The pretrained dlib ResNet (``fuseface models fetch dlib-resnet``); skips when it is not fetched
+    unless ``FUSEFACE_REQUIRE_DLIB=1``."""
+    from conftest import require_or_skip
+    from fuseface.infer.pretrained import FETCH_COMMAND, is_fetched
+
+    require_or_skip(is_fetched(), f"dlib-resnet not fetched: run `{FETCH_COMMAND}`", "FUSEFACE_REQUIRE_DLIB")
+    return fuseface.load("dlib-resnet")
+
+
+def deepface_people(root: Path) -> list[list[str]]:
+    """The identity groups of ``deepface_pairs``: photos joined by the "Yes" pairs of
+    ``face-recognition-pivot.csv`` (union-find; see that folder's README), each group sorted by number."""
+    import csv
+
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    with open(root / "face-recognition-pivot.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            a, b = Path(row["file_x"]).name, Path(row["file_y"]).name
+            ra, rb = find(a), find(b)
+            if row["decision"] == "Yes":
+                parent[ra] = rb
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    number = lambda s: int("".join(c for c in s if c.isdigit()))  # noqa: E731
+    return sorted((sorted(g, key=number) for g in groups.values()), key=lambda g: number(g[0]))

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fuseface.cli.align",  # align, data build-bin, models fetch
     "fuseface.cli.infer",  # embed, compare, fuse, search, export
     "fuseface.cli.gallery",  # gallery create, add, remove, list, search, export
+    "fuseface.cli.serve",  # serve
 )
 
 GROUPS = {

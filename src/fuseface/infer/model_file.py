@@ -159,8 +159,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 def model_fingerprint(model: nn.Module, meta: ModelMeta) -> str:
     """SHA-256 of what decides a model's embeddings: architecture, its arguments, channel order,
-    input size, alignment template, pixel normalisation and every weight tensor (name, dtype, shape, bytes, in key order). Two files holding
-    the same network give the same fingerprint; any changed weight gives another."""
+    input size, alignment template, pixel normalisation and every weight tensor (name, dtype,
+    shape, bytes, in key order). Two files holding the same network give the same fingerprint;
+    any changed weight gives another."""
     import hashlib
 
     h = hashlib.sha256()

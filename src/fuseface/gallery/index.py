@@ -4,8 +4,8 @@ Kinds (``kind="auto"`` picks ``flat`` up to ``approximate_above`` entries, ``ivf
 
 * ``flat``: ``IndexIDMap2(IndexFlatIP)`` — exact inner product (= cosine on unit vectors); an
   update is ``remove_ids`` + ``add_with_ids`` in place.
-* ``ivf``: ``IndexIVFFlat`` (inner product) with ``nlist ≈ 4·√n`` lists trained by k-means on the
-  templates, searched with ``nprobe`` lists, and a direct map so that ``remove_ids`` works: updates
+* ``ivf``: ``IndexIVFFlat`` (inner product) with ``nlist ≈ √n`` lists trained by k-means on (at
+  most ``64·nlist`` randomly sampled) templates, searched with ``nprobe`` lists, and a direct map so that ``remove_ids`` works: updates
   stay in place. It is re-trained when the entry count has grown 4× since the last training.
 * ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)`` (``M=32``, ``efSearch``) — fast queries, but an HNSW
   graph cannot delete, so changing or removing an entry rebuilds the graph from the stored vectors.
@@ -32,6 +32,8 @@ APPROXIMATE_ABOVE = 200_000
 #: IVF lists searched per query and HNSW search depth (see benchmarks/gallery_speed.py for recall).
 DEFAULT_NPROBE = 32
 DEFAULT_EF_SEARCH = 128
+#: k-means training points per IVF list (faiss warns below 39).
+TRAIN_POINTS_PER_LIST = 64
 
 
 def _faiss():
@@ -75,10 +77,14 @@ class TemplateIndex:
             inner.hnsw.efSearch = self.ef_search
             return faiss.IndexIDMap2(inner)
         n = 0 if train is None else len(train)
-        nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), max(1, n // 39)))
+        nlist = max(1, min(int(math.sqrt(max(n, 1))), max(1, n // 39)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         if train is not None and n:
-            index.train(np.ascontiguousarray(train, dtype=np.float32))
+            sample = train
+            if n > TRAIN_POINTS_PER_LIST * nlist:  # k-means on a fixed random sample bounds the build time
+                rows = np.random.default_rng(0).choice(n, TRAIN_POINTS_PER_LIST * nlist, replace=False)
+                sample = train[np.sort(rows)]
+            index.train(np.ascontiguousarray(sample, dtype=np.float32))
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
         index.nprobe = self.nprobe
         self._trained_at = n

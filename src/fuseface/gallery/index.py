@@ -5,8 +5,9 @@ Kinds (``kind="auto"`` picks ``flat`` up to ``approximate_above`` entries, ``ivf
 * ``flat``: ``IndexIDMap2(IndexFlatIP)`` — exact inner product (= cosine on unit vectors); an
   update is ``remove_ids`` + ``add_with_ids`` in place.
 * ``ivf``: ``IndexIVFFlat`` (inner product) with ``nlist ≈ √n`` lists trained by k-means on (at
-  most ``64·nlist`` randomly sampled) templates, searched with ``nprobe`` lists, and a direct map so that ``remove_ids`` works: updates
-  stay in place. It is re-trained when the entry count has grown 4× since the last training.
+  most ``64·nlist`` randomly sampled) templates, searched with ``nprobe`` lists, and a direct map
+  so that ``remove_ids`` works: updates stay in place. It is re-trained when the entry count has
+  grown 4× since the last training.
 * ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)`` (``M=32``, ``efSearch``) — fast queries, but an HNSW
   graph cannot delete, so changing or removing an entry rebuilds the graph from the stored vectors.
 

@@ -30,8 +30,9 @@ from fuseface.errors import ConfigError, DataError
 KINDS = ("auto", "flat", "ivf", "hnsw")
 #: Entry count above which ``kind="auto"`` switches from the exact flat index to IVF.
 APPROXIMATE_ABOVE = 200_000
-#: IVF lists searched per query and HNSW search depth (see benchmarks/gallery_speed.py for recall).
-DEFAULT_NPROBE = 32
+#: IVF lists searched per query: ``None`` = a quarter of the lists (at least 32), what recall@1 >= 0.99
+#: needs on structureless synthetic templates (benchmarks/gallery_speed.py); HNSW search depth.
+DEFAULT_NPROBE: int | None = None
 DEFAULT_EF_SEARCH = 128
 #: k-means training points per IVF list (faiss warns below 39).
 TRAIN_POINTS_PER_LIST = 64
@@ -53,7 +54,7 @@ class TemplateIndex:
         dim: int,
         kind: str = "auto",
         approximate_above: int = APPROXIMATE_ABOVE,
-        nprobe: int = DEFAULT_NPROBE,
+        nprobe: int | None = DEFAULT_NPROBE,
         ef_search: int = DEFAULT_EF_SEARCH,
     ) -> None:
         if kind not in KINDS:
@@ -87,9 +88,12 @@ class TemplateIndex:
                 sample = train[np.sort(rows)]
             index.train(np.ascontiguousarray(sample, dtype=np.float32))
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        index.nprobe = self.nprobe
+        index.nprobe = self._nprobe(nlist)
         self._trained_at = n
         return index
+
+    def _nprobe(self, nlist: int) -> int:
+        return min(nlist, self.nprobe if self.nprobe is not None else max(32, nlist // 4))
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the content with ``vectors`` (n, D) (L2-normalised here) under ``ids`` (n,)."""
@@ -195,7 +199,7 @@ class TemplateIndex:
             return False
         if kind == "ivf":
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
-            index.nprobe = self.nprobe
+            index.nprobe = self._nprobe(index.nlist)
         self.index, self.kind, self.version, self._trained_at = index, kind, version, trained
         return True
 

@@ -5,7 +5,7 @@
 # - otherwise installs torch==2.13.0 from a local CPU wheel when pip can find one offline
 #   (these development machines keep it on disk), and only then falls back to the official
 #   CPU-only index, so a plain `pip install torch` never pulls a multi-GB CUDA build;
-# - installs fuseface in editable mode with the dev, onnx and faiss extras.
+# - installs fuseface in editable mode with the dev, onnx, faiss, serve and milvus extras.
 set -euo pipefail
 VENV="${1:-.venv}"
 PYTHON="${PYTHON:-python3}"
@@ -38,6 +38,6 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 
-say "installing fuseface (editable) with extras dev,onnx,faiss"
-"${PIP[@]}" install -e ".[dev,onnx,faiss]" 2> >(grep -v "is ignored: it is neither" >&2)
+say "installing fuseface (editable) with extras dev,onnx,faiss,serve,milvus"
+"${PIP[@]}" install -e ".[dev,onnx,faiss,serve,milvus]" 2> >(grep -v "is ignored: it is neither" >&2)
 "$PY" -c "import torch, fuseface; print(f'[setup] torch {torch.__version__}, fuseface {fuseface.__version__}')"

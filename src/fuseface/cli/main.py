@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "fuseface.cli.align",  # align, data build-bin, models fetch
     "fuseface.cli.infer",  # embed, compare, fuse, search, export
     "fuseface.cli.video",  # video
+    "fuseface.cli.gallery",  # gallery create, add, remove, list, search, export
+    "fuseface.cli.serve",  # serve
 )
 
 INTERNAL_ERROR = (
@@ -37,6 +39,7 @@ GROUPS = {
     "models": "Model cards and weights: info, fetch.",
     "eval": "Evaluation protocols: LFW/.bin 10-fold, IJB-B/C 1:1 and 1:N, TinyFace, SCFace, IJB-S.",
     "features": "Feature stores for set fusion (CAFace).",
+    "gallery": "Persistent face galleries: create, add photos, remove, list, search (open-set), export.",
 }
 
 

@@ -155,3 +155,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match {meta.arch} {meta.arch_kwargs}: {exc}") from exc
     return model.to(device).eval(), meta
+
+
+def model_fingerprint(model: nn.Module, meta: ModelMeta) -> str:
+    """SHA-256 of what decides a model's embeddings: architecture, its arguments, channel order,
+    input size, alignment template, pixel normalisation and every weight tensor (name, dtype,
+    shape, bytes, in key order). Two files holding the same network give the same fingerprint;
+    any changed weight gives another."""
+    import hashlib
+
+    h = hashlib.sha256()
+    decisive = ("arch", "arch_kwargs", "channel_order", "input_size", "template", "pixel_mean", "pixel_std")
+    head = {k: v for k, v in meta.to_strings().items() if k in decisive}
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

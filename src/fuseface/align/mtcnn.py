@@ -144,6 +144,34 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
+def pnet_level_candidates(p: np.ndarray, reg: np.ndarray, ys: np.ndarray, xs: np.ndarray, s: float) -> np.ndarray:
+    """P-Net cells ``(ys, xs)`` of one pyramid level at scale ``s`` (face probability map ``p``,
+    their box offsets ``reg`` (n, 4)) -> rows ``x1 y1 x2 y2 score dx1 dy1 dx2 dy2`` in image
+    pixels: each cell covers a 12x12 window at stride 2 of the level; NMS (IoU 0.5) within the level."""
+    cand = np.stack(
+        [
+            np.floor((2 * xs + 1) / s),
+            np.floor((2 * ys + 1) / s),
+            np.floor((2 * xs + 12) / s),
+            np.floor((2 * ys + 12) / s),
+        ],
+        axis=1,
+    )
+    rows = np.concatenate([cand, p[ys, xs][:, None], reg], axis=1)
+    return rows[nms(rows[:, :4], rows[:, 4], 0.5, "union")]
+
+
+def pnet_merge_levels(found: list[np.ndarray]) -> np.ndarray:
+    """The levels' candidates -> stage-1 boxes: NMS across levels (IoU 0.7), offsets applied,
+    boxes made square; (n, 5) ``x1 y1 x2 y2 score``."""
+    if not found:
+        return np.zeros((0, 5))
+    rows = np.concatenate(found)
+    rows = rows[nms(rows[:, :4], rows[:, 4], 0.7, "union")]
+    boxes = _regress(rows[:, :4], rows[:, 5:9], plus_one=False)
+    return np.concatenate([_square(boxes), rows[:, 4:5]], axis=1)
+
+
 def _regress(boxes: np.ndarray, offsets: np.ndarray, plus_one: bool) -> np.ndarray:
     """Shift each box side by ``offset * size`` (size = x2 - x1, plus 1 after P-Net)."""
     extra = 1.0 if plus_one else 0.0
@@ -250,24 +278,8 @@ class MTCNN(nn.Module):
             ys, xs = np.nonzero(p >= t0)
             if len(ys) == 0:
                 continue
-            reg = offsets[0].numpy()[:, ys, xs].T
-            cand = np.stack(
-                [
-                    np.floor((2 * xs + 1) / s),
-                    np.floor((2 * ys + 1) / s),
-                    np.floor((2 * xs + 12) / s),
-                    np.floor((2 * ys + 12) / s),
-                ],
-                axis=1,
-            )
-            rows = np.concatenate([cand, p[ys, xs][:, None], reg], axis=1)
-            found.append(rows[nms(rows[:, :4], rows[:, 4], 0.5, "union")])
-        if not found:
-            return np.zeros((0, 5))
-        rows = np.concatenate(found)
-        rows = rows[nms(rows[:, :4], rows[:, 4], 0.7, "union")]
-        boxes = _regress(rows[:, :4], rows[:, 5:9], plus_one=False)
-        return np.concatenate([_square(boxes), rows[:, 4:5]], axis=1)
+            found.append(pnet_level_candidates(p, offsets[0].numpy()[:, ys, xs].T, ys, xs, s))
+        return pnet_merge_levels(found)
 
     def _stage2(self, img: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
         crops, valid = self._crops(img, boxes, 24)
@@ -355,6 +367,7 @@ class MTCNN(nn.Module):
     def detect(self, image: np.ndarray) -> Detections:
         """Detect faces in one uint8 H x W x 3 **RGB** image (grey H x W is accepted too)."""
         return self.detect_batch([image])[0]
+
 
 @torch.inference_mode()
 def faceness(onet: ONet, crops: list[np.ndarray]) -> np.ndarray:

@@ -206,7 +206,7 @@ class FastCascade:
         return "onnxruntime" if self.nets.sessions is not None else "torch"
 
     def _stage1(self, table: np.ndarray, h: int, w: int) -> np.ndarray:
-        from fuseface.align.mtcnn import _regress, _square
+        from fuseface.align.mtcnn import pnet_level_candidates, pnet_merge_levels
 
         t0 = self.detector.thresholds[0]
         found: list[np.ndarray] = []
@@ -219,24 +219,8 @@ class FastCascade:
             ys, xs = np.nonzero(p >= t0)
             if len(ys) == 0:
                 continue
-            reg = maps[0, 1:][:, ys, xs].T
-            cand = np.stack(
-                [
-                    np.floor((2 * xs + 1) / s),
-                    np.floor((2 * ys + 1) / s),
-                    np.floor((2 * xs + 12) / s),
-                    np.floor((2 * ys + 12) / s),
-                ],
-                axis=1,
-            )
-            rows = np.concatenate([cand, p[ys, xs][:, None], reg], axis=1)
-            found.append(rows[nms(rows[:, :4], rows[:, 4], 0.5, "union")])
-        if not found:
-            return np.zeros((0, 5))
-        rows = np.concatenate(found)
-        rows = rows[nms(rows[:, :4], rows[:, 4], 0.7, "union")]
-        boxes = _regress(rows[:, :4], rows[:, 5:9], plus_one=False)
-        return np.concatenate([_square(boxes), rows[:, 4:5]], axis=1)
+            found.append(pnet_level_candidates(p, maps[0, 1:][:, ys, xs].T, ys, xs, s))
+        return pnet_merge_levels(found)
 
     @staticmethod
     def _crops(table: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

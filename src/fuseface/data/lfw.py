@@ -120,6 +120,18 @@ def centre_crop(image: np.ndarray, crop: int, size: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def read_lfw_image(path: str | Path) -> np.ndarray:
+    """One LFW photo as uint8 RGB; a truncated file (LFW holds one) is decoded as far as it goes and
+    warned about every time, never skipped."""
+    import warnings
+
+    from fuseface.data.images import TruncatedImageWarning, read_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TruncatedImageWarning)
+        return read_image(path, "rgb")
+
+
 def load_face_crops(
     image_dir: str | Path, relpaths: Sequence[str], size: int = 112, crop: int | None = 150
 ) -> np.ndarray:
@@ -128,16 +140,10 @@ def load_face_crops(
     Truncated JPEGs decode what they can (``fuseface.data.images``); a missing file raises
     :class:`~fuseface.errors.DataError` naming it.
     """
-    import warnings
-
-    from fuseface.data.images import TruncatedImageWarning, read_image
-
     image_dir = Path(image_dir)
     out = np.empty((len(relpaths), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(relpaths):
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", TruncatedImageWarning)
-            img = read_image(image_dir / rel, "rgb")
+        img = read_lfw_image(image_dir / rel)
         out[i] = centre_crop(img, crop if crop else max(img.shape[:2]), size)
     return out
 
@@ -154,10 +160,7 @@ def lfw_landmarks(
     present, else detected (``detector``, MTCNN by default; the face nearest the centre); photos with
     no face (or, with ``detect=False``, no entry in ``known``) get the mean of the others. Returns them
     and counts ``{"given", "detected", "fallback"}``."""
-    import warnings
-
     from fuseface.align.detector import select_faces
-    from fuseface.data.images import TruncatedImageWarning, read_image
 
     image_dir = Path(image_dir)
     known = known or {}
@@ -179,9 +182,7 @@ def lfw_landmarks(
             from fuseface.align.mtcnn import MTCNN
 
             detector = MTCNN()
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", TruncatedImageWarning)
-            img = read_image(image_dir / rel, "rgb")
+        img = read_lfw_image(image_dir / rel)
         det = detector.detect(img)  # type: ignore[attr-defined]
         chosen = select_faces(det, img.shape, "central")
         if chosen:
@@ -199,17 +200,12 @@ def load_aligned_crops(
     image_dir: str | Path, relpaths: Sequence[str], landmarks: np.ndarray, size: int, template: str
 ) -> np.ndarray:
     """Read images (uint8 RGB) and warp each onto ``template`` from its 5 landmarks."""
-    import warnings
-
     from fuseface.align.similarity import align_face
-    from fuseface.data.images import TruncatedImageWarning, read_image
 
     image_dir = Path(image_dir)
     out = np.empty((len(relpaths), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(relpaths):
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", TruncatedImageWarning)
-            img = read_image(image_dir / rel, "rgb")
+        img = read_lfw_image(image_dir / rel)
         out[i] = align_face(img, landmarks[i], size, template)
     return out
 

@@ -150,7 +150,8 @@ def main() -> None:
         "errors": errors,
         "server_peak_rss_mib": round(peak, 1),
         "images_per_model_call": round((health["batched_images"] - base["batched_images"]) / max(batches, 1), 2),
-        "machine_note": "2 CPU cores shared with other jobs; server and clients on the same machine",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "machine_note": "server and clients on the same 2-core machine",
     }
     print(json.dumps(result, indent=1))
     RESULTS.mkdir(parents=True, exist_ok=True)

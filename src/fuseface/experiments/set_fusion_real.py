@@ -343,12 +343,9 @@ def plot(result: dict[str, Any], path: str | Path, metric: str = "tar@1e-2") -> 
         ax.set_title(f"{setting} (clean fraction {result['settings'][setting]:g})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from fuseface.eval.report import save_figure
+
+    return save_figure(fig, path, dpi=110)
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:

@@ -141,9 +141,6 @@ def plot_reference(comp: ReferenceComparison, path: str | Path, title: str = "")
         ax.legend(loc="upper left", fontsize=8, ncol=2)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from fuseface.eval.report import save_figure
+
+    return save_figure(fig, path, dpi=110)

@@ -43,6 +43,17 @@ def require_module(name: str, env_var: str) -> None:
         require_or_skip(False, f"optional dependency {name!r} is not installed", env_var)
 
 
+def run_cli(argv: list[str]) -> int:
+    """Run the real ``fuseface`` entry point (one-line errors) in-process; returns its exit code."""
+    from fuseface.cli.main import main
+
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ``../shared/data``; skips (or fails under CI) when it is missing."""

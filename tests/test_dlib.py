@@ -12,20 +12,10 @@ import pytest
 import torch
 
 import fuseface
-from conftest import require_or_skip
+from conftest import require_or_skip, run_cli
 from fuseface.compat.dlib import _Reader, read_dat
 from fuseface.errors import CheckpointError
 from fuseface.nn.backbones.dlib_resnet import DlibResNet, add_zero_padded
-
-
-def _run(argv: list[str]) -> int:
-    from fuseface.cli.main import main
-
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _dat() -> Path:
@@ -123,7 +113,7 @@ def test_load_before_fetch_tells_the_fetch_command(tmp_path: Path, monkeypatch, 
     monkeypatch.setenv("FUSEFACE_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="fuseface models fetch dlib-resnet"):
         fuseface.load("dlib-resnet")
-    assert _run(["compare", "a.jpg", "b.jpg"]) == 2
+    assert run_cli(["compare", "a.jpg", "b.jpg"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "fuseface models fetch dlib-resnet" in err
 
@@ -176,9 +166,9 @@ def test_model_file_states_how_to_feed_it(real_model) -> None:
 def test_compare_without_model_on_real_photos(real_model, shared_data: Path, capsys) -> None:
     _mtcnn()
     pairs = shared_data / "deepface_pairs"
-    assert _run(["compare", str(pairs / "img38.jpg"), str(pairs / "img39.jpg")]) == 0  # labelled Yes
+    assert run_cli(["compare", str(pairs / "img38.jpg"), str(pairs / "img39.jpg")]) == 0  # labelled Yes
     assert "same person" in capsys.readouterr().out
-    assert _run(["compare", str(pairs / "img21.jpg"), str(pairs / "img17.jpg")]) == 0  # labelled No
+    assert run_cli(["compare", str(pairs / "img21.jpg"), str(pairs / "img17.jpg")]) == 0  # labelled No
     assert "different people" in capsys.readouterr().out
 
 

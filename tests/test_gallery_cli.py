@@ -9,17 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from gallery_fixtures import crops, model_file, other_model_file  # noqa: F401
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from fuseface.cli.main import main
-
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
+    code = run_cli(argv)
     out, err = capsys.readouterr()
     return code, out, err
 

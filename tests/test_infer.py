@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fuseface
-from conftest import require_or_skip
+from conftest import require_or_skip, run_cli
 from fuseface.infer.index import ExactIndex, create_index, faiss_available
 from fuseface.infer.model_file import ModelMeta, save_model
 
@@ -34,17 +34,6 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         net,
         ModelMeta(arch="ir18", arch_kwargs={"num_features": 64}),
     )
-
-
-def _run(argv: list[str]) -> int:
-    """Run the real entry point (one-line errors) and return its exit code."""
-    from fuseface.cli.main import main
-
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _lfw(shared: Path, name: str, k: int = 0) -> Path:
@@ -89,11 +78,11 @@ def test_compare_cli_end_to_end_on_deepface_pairs(model_file: Path, shared_data:
     _weights()
     pairs = shared_data / "deepface_pairs"
     argv = ["compare", str(pairs / "img1.jpg"), str(pairs / "img2.jpg"), "-m", str(model_file), "--threshold", "0.5"]
-    assert _run(argv) == 0
+    assert run_cli(argv) == 0
     out = capsys.readouterr().out
     assert "similarity" in out and "threshold 0.500" in out
     assert ("same person" in out) != ("different people" in out)
-    assert _run(["compare", str(pairs / "img1.jpg"), str(pairs / "README.md"), "-m", str(model_file)]) == 2
+    assert run_cli(["compare", str(pairs / "img1.jpg"), str(pairs / "README.md"), "-m", str(model_file)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "README.md" in err and "Traceback" not in err
 
@@ -106,12 +95,12 @@ def test_search_and_fuse_cli(model_file: Path, shared_data: Path, tmp_path: Path
         for k in range(2):
             shutil.copy(_lfw(shared_data, name, k), gallery / name)
     probe = gallery / "Abdullah_Gul" / _lfw(shared_data, "Abdullah_Gul", 1).name
-    assert _run(["search", "--gallery", str(gallery), "--probe", str(probe), "-k", "3", "-m", str(model_file)]) == 0
+    assert run_cli(["search", "--gallery", str(gallery), "--probe", str(probe), "-k", "3", "-m", str(model_file)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and "4 gallery faces" in lines[0]
     assert lines[1].split()[1] == "1.0000" and lines[1].split()[2] == "Abdullah_Gul"  # itself first
     images = [str(p) for p in sorted((gallery / "Aaron_Peirsol").iterdir())]
-    assert _run(["fuse", *images, "-m", str(model_file), "--out", str(tmp_path / "t.npy")]) == 0
+    assert run_cli(["fuse", *images, "-m", str(model_file), "--out", str(tmp_path / "t.npy")]) == 0
     template = np.load(tmp_path / "t.npy")
     assert template.shape == (64,) and abs(np.linalg.norm(template) - 1) < 1e-5
 

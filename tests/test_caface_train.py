@@ -9,7 +9,7 @@ import torch
 
 from fuseface.data.feature_store import write_feature_store
 from fuseface.nn.fusion import fuse_features, load_fusion
-from fuseface.train.sets import CAFaceSetObjective, SetDataset, class_centres
+from fuseface.train.caface import CAFaceSetObjective, SetDataset, class_centres
 
 
 def _toy_store(root, num_ids: int = 12, per_id: int = 4, copies: int = 4, seed: int = 0):

@@ -79,8 +79,8 @@ def test_real_store_train_fuse_evaluate(tiny_store: dict[str, Path]) -> None:
     from fuseface.data.feature_store import FeatureStore
     from fuseface.experiments.set_fusion_real import caface_templates, draw_sets, evaluate_store, load_test_identities
     from fuseface.nn.fusion import fuse_features, load_fusion
-    from fuseface.train.config import config_from_dict
     from fuseface.train.caface import training_rows
+    from fuseface.train.config import config_from_dict
     from fuseface.train.trainer import train
 
     store = FeatureStore(tiny_store["store"])

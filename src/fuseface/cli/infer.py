@@ -101,8 +101,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if method == "caface":
             if fusion_weights is None:
                 raise ConfigError("--method caface needs --fusion-weights (a CAFace fusion weights file)")
-            from fuseface.infer.extract_features import embed_with_styles
-
             crops, kept = [], []
             for p in images:
                 try:
@@ -112,7 +110,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                     typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
             if not crops:
                 raise DataError("no usable image to fuse")
-            feats, styles = embed_with_styles(fm.net, crops, fm.channel_order, input_size=fm.input_size)
+            feats, styles = fm.embed_with_styles(np.stack(crops))
             template = fuseface.fuse(feats, method="caface", styles=styles, model=str(fusion_weights))
         else:
             res = fm.embed_photos(images)

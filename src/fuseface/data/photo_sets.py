@@ -167,7 +167,7 @@ def read_face_journal(path: str | Path) -> dict[str, tuple[np.ndarray, float]]:
 
 class AlignedPhotoSource:
     """``source[i] -> (aligned uint8 RGB crop, label)`` for photos under ``root`` (an
-    :class:`fuseface.infer.extract_features.ImageSource`).
+    :class:`fuseface.data.image_sources.ImageSource`).
 
     ``landmarks`` maps a relative photo path to its 5 landmarks (and detector score); photos
     without an entry use the mean of the given landmarks (``landmark_source[i] == "mean"``) and

@@ -66,6 +66,7 @@ def test_face_model_styles_use_the_model_settings(files: dict[str, Path]) -> Non
     own, _ = fm.embed_aligned(crops)
     np.testing.assert_allclose(feats, own, rtol=1e-5, atol=1e-5)  # the same embeddings as embed_aligned
     ref_f, ref_s = _reference(files, crops, {"pixel_mean": DLIB_MEAN, "pixel_std": DLIB_STD})
+    np.testing.assert_allclose(feats, ref_f, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(styles, ref_s, rtol=1e-4, atol=1e-5)
     wrong_f, wrong_s = _reference(files, crops, {})  # insightface normalisation: visibly different
     assert not np.allclose(feats, wrong_f, atol=1e-2) and not np.allclose(styles, wrong_s, atol=1e-2)

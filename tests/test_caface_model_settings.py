@@ -13,8 +13,9 @@ import torch
 
 import fuseface
 from conftest import run_cli
+from fuseface.infer.fusion_file import load_fusion, save_fusion
 from fuseface.infer.model_file import ModelMeta, save_model
-from fuseface.nn.fusion import fuse_features, load_fusion, save_fusion
+from fuseface.nn.fusion import fuse_features
 from fuseface.nn.fusion.caface import CAFace, stage_styles
 from fuseface.ops import to_input_tensor
 

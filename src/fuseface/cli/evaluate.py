@@ -398,6 +398,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         tfeat = None
         if fusion != "insightface":
             from fuseface.eval.templates import fuse_templates
+            from fuseface.infer.fusion_file import load_fusion
 
             raw = f + ff if (flip_test and ff is not None and fusion != "caface") else f
             tf = fuse_templates(
@@ -407,7 +408,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 styles=style_rows,
                 scores=proto.faceness if fusion == "score_weighted" else None,
                 chunk_size=chunk_size,
-                model=str(fusion_model) if fusion_model else None,
+                model=load_fusion(fusion_model) if fusion_model else None,
             )
             tfeat = tf
         kw = {
@@ -531,11 +532,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out: Path | None = typer.Option(None, "--out", help=OUT_HELP),
     ) -> None:
         """IJB-S identification (rank 1/5/10, TPIR at FPIR 1%/10%) from precomputed features."""
-        import numpy as np
-
         from fuseface.data.ijbs import PROTOCOLS, load_ijbs, read_image_list
         from fuseface.eval.identification import two_gallery_identification
         from fuseface.eval.invalid import invalid_rows
+        from fuseface.eval.templates import fuse_row_sets
+        from fuseface.infer.fusion_file import load_fusion
 
         _check_choice("--fusion", fusion, IJBS_FUSIONS)
         for name in protocol:
@@ -545,28 +546,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         f = f + ff if ff is not None else f
         style_rows = _load_styles(styles, len(names), fusion)
         bad = invalid_rows(f)
+        fusion_module = load_fusion(fusion_model) if fusion_model and fusion != "norm_sum" else None
 
         def templates(rows_list: list[Any]) -> tuple[Any, int]:
-            out_t = np.zeros((len(rows_list), f.shape[1]))
-            empty = 0
-            for k, rows in enumerate(rows_list):
-                rows = rows[~bad[rows]] if len(rows) else rows
-                if len(rows) == 0:
-                    empty += 1
-                elif fusion == "norm_sum":
-                    out_t[k] = f[rows].astype(np.float64).sum(0)
-                else:
-                    from fuseface.nn.fusion import fuse_features
-
-                    kw = {"styles": style_rows[rows]} if style_rows is not None else {}
-                    out_t[k] = fuse_features(
-                        f[rows],
-                        method=fusion,
-                        chunk_size=chunk_size,
-                        model=str(fusion_model) if fusion_model else None,
-                        **kw,
-                    )
-            return _normalize(out_t), empty
+            return fuse_row_sets(f, rows_list, fusion, styles=style_rows, chunk_size=chunk_size, model=fusion_module)
 
         subsets: dict[str, Any] = {}
         for name in protocol:

@@ -116,7 +116,8 @@ def run(
     from fuseface.data.image_sources import ArraySource
     from fuseface.data.synthetic import SyntheticFaces
     from fuseface.infer.extract_features import embed_with_styles, extract_features
-    from fuseface.nn.fusion import fuse_features, load_fusion
+    from fuseface.infer.fusion_file import load_fusion
+    from fuseface.nn.fusion import fuse_features
     from fuseface.train.config import config_from_dict
     from fuseface.train.trainer import train
 

@@ -310,6 +310,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fuseface.eval.report import save_figure
+
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     x = [r["set_size"] for r in rows]
     for name, label in (("caface", "CAFace"), ("average", "average"), ("norm_weighted", "norm-weighted")):
@@ -319,9 +321,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("EER (%) — synthetic")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 #: Mean MTCNN landmarks (left eye, right eye, nose, mouth corners) of 6,624 detected LFW

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+import fuseface
 from fuseface.compat import from_official
 from fuseface.errors import CheckpointError, DataError
-from fuseface.nn.fusion import fuse_features, load_fusion, save_fusion
+from fuseface.infer.fusion_file import load_fusion, save_fusion
 from fuseface.nn.fusion.caface import CAFace, CAFaceMemory, chunk_indices
 
 
@@ -165,7 +166,7 @@ def test_fusion_file_round_trip(tmp_path) -> None:
     loaded = load_fusion(path)
     feats, styles = _probe(30, seed=1)
     np.testing.assert_array_equal(loaded.fuse(feats, styles, 8), ref.fuse(feats, styles, 8))
-    via_path = fuse_features(feats, "caface", styles=styles, chunk_size=8, model=str(path))
+    via_path = fuseface.fuse(feats, "caface", styles=styles, chunk_size=8, model=str(path))
     np.testing.assert_array_equal(via_path, ref.fuse(feats, styles, 8))
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(CheckpointError):

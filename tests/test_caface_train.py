@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import fuseface
 from fuseface.data.feature_store import write_feature_store
-from fuseface.nn.fusion import fuse_features, load_fusion
-from fuseface.train.sets import CAFaceSetObjective, SetDataset, class_centres
+from fuseface.infer.fusion_file import load_fusion
+from fuseface.train.caface import CAFaceSetObjective, SetDataset, class_centres
 
 
 def _toy_store(root, num_ids: int = 12, per_id: int = 4, copies: int = 4, seed: int = 0):
@@ -94,7 +95,7 @@ def test_trainer_runs_and_loss_decreases(tmp_path) -> None:
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.01, losses
     model = load_fusion(result.model_path)
     rng = np.random.default_rng(0)
-    t = fuse_features(
+    t = fuseface.fuse(
         rng.normal(size=(7, 512)) * 20,
         "caface",
         styles=rng.uniform(size=(7, 384, 2)),

@@ -160,7 +160,7 @@ def test_ijb_fusion_caface_chunked_records_its_switches(tmp_path: Path) -> None:
     import torch
 
     from fuseface.eval.templates import fuse_templates
-    from fuseface.nn.fusion import save_fusion
+    from fuseface.infer.fusion_file import save_fusion
     from fuseface.nn.fusion.caface import CAFace
 
     ijb = write_ijb(tmp_path / "ijb512", "IJBC", n_subjects=6, dim=512)

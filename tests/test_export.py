@@ -98,8 +98,8 @@ def test_export_exits_non_zero_when_onnxruntime_disagrees(tmp_path: Path, monkey
 
 def test_caface_fixed_size_export_with_mask(tmp_path: Path) -> None:
     from fuseface.infer.export import MaskedCAFace, export_fusion_file
+    from fuseface.infer.fusion_file import save_fusion
     from fuseface.nn.fusion import caface as caface_mod
-    from fuseface.nn.fusion import save_fusion
 
     torch.manual_seed(0)
     caface = caface_mod.CAFace(cfc_init_zero=False).eval()

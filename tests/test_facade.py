@@ -90,9 +90,6 @@ def test_architecture_walls_hold() -> None:
 # fails on any crossing not listed here (and on a listed one that has disappeared, so the list
 # shrinks as the code is cleaned).
 KNOWN_CROSSINGS = {
-    # the fusion weights file format belongs next to infer/model_file.py
-    "nn/fusion/__init__.py: imports safetensors",
-    "nn/fusion/__init__.py: imports safetensors.torch",
     # template fusion through nn.fusion belongs to the callers (cli / infer), eval should get arrays
     "eval/templates.py: imports fuseface.nn.fusion",
     # compatibility name for callers of data.lfw.lfw_pairs_protocol (the protocol is eval/lfw.py)

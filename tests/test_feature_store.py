@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from fuseface.data.feature_store import FeatureStore, FeatureStoreWriter, StoreSpec, write_feature_store
+from fuseface.data.image_sources import ArraySource
+from fuseface.data.transforms import CAFaceAugmenter
 from fuseface.errors import DataError
-from fuseface.infer.extract_features import ArraySource, CAFaceAugmenter, extract_features, stage_styles
+from fuseface.infer.extract_features import extract_features
+from fuseface.nn.fusion.caface import stage_styles
 
 
 def test_round_trip_float32_and_float16(tmp_path) -> None:

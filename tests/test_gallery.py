@@ -10,7 +10,7 @@ import pytest
 
 from fuseface.errors import ConfigError, DataError
 from fuseface.gallery import Gallery
-from fuseface.nn.fusion import save_fusion
+from fuseface.infer.fusion_file import save_fusion
 from fuseface.nn.fusion.caface import CAFace
 from fuseface.nn.fusion.pooling import AverageFusion, NormWeightedFusion
 from gallery_fixtures import backend, crops, face_model, model_file, other_model_file  # noqa: F401
@@ -37,7 +37,7 @@ def _reference(fusion: str, feats: np.ndarray, styles: np.ndarray, caface_file: 
         return AverageFusion().fuse(feats)
     if fusion == "norm_weighted":
         return NormWeightedFusion().fuse(feats)
-    from fuseface.nn.fusion import load_fusion
+    from fuseface.infer.fusion_file import load_fusion
 
     return load_fusion(caface_file).fuse(feats, styles, chunk_size=1)
 

@@ -155,7 +155,7 @@ def test_ijbs_caface_fusion_uses_the_styles(tmp_path: Path) -> None:
     from fuseface.data.ijbs import load_ijbs
     from fuseface.eval.identification import two_gallery_identification
     from fuseface.eval.verification import l2_normalize
-    from fuseface.nn.fusion import save_fusion
+    from fuseface.infer.fusion_file import save_fusion
     from fuseface.nn.fusion.caface import CAFace
 
     images = write_ijbs(tmp_path)

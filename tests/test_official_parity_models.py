@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from fuseface.compat import from_official
-from fuseface.infer.extract_features import stage_styles
+from fuseface.nn.fusion.caface import stage_styles
 from fuseface.nn.layers.msconv import MSConv
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "bool": torch.bool}

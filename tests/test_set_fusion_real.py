@@ -76,11 +76,12 @@ def test_split_is_identity_disjoint_and_refuses_overlap(tmp_path: Path) -> None:
 
 
 def test_real_store_train_fuse_evaluate(tiny_store: dict[str, Path]) -> None:
+    import fuseface
     from fuseface.data.feature_store import FeatureStore
     from fuseface.experiments.set_fusion_real import caface_templates, draw_sets, evaluate_store, load_test_identities
-    from fuseface.nn.fusion import fuse_features, load_fusion
+    from fuseface.infer.fusion_file import load_fusion
+    from fuseface.train.caface import training_rows
     from fuseface.train.config import config_from_dict
-    from fuseface.train.sets import training_rows
     from fuseface.train.trainer import train
 
     store = FeatureStore(tiny_store["store"])
@@ -124,7 +125,7 @@ def test_real_store_train_fuse_evaluate(tiny_store: dict[str, Path]) -> None:
     items = np.flatnonzero(test["labels"] == ident)
     f = test["features"][items].reshape(-1, 128)
     s = test["styles"][items].reshape(-1, 192, 2)
-    template = fuse_features(f, "caface", styles=s, model=result.model_path)
+    template = fuseface.fuse(f, "caface", styles=s, model=result.model_path)
     assert template.shape == (128,) and np.isfinite(template).all()
     assert abs(np.linalg.norm(template) - 1) < 1e-5
 

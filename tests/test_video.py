@@ -347,7 +347,7 @@ def test_caface_fusion_in_the_pipeline(synthetic_video, tiny_model, tmp_path):
     """``--fusion caface``: styles come from the same pass as the features, and each track's
     template is CAFace's one-shot template of its faces; a file for another feature size is refused."""
     from fuseface.errors import ConfigError
-    from fuseface.nn.fusion import load_fusion, save_fusion
+    from fuseface.infer.fusion_file import load_fusion, save_fusion
     from fuseface.nn.fusion.caface import CAFace
     from fuseface.video.pipeline import VideoOptions, process_video
 

@@ -80,7 +80,12 @@ def compare(model: Any, image_a: Any, image_b: Any, **kwargs: Any) -> Any:
 
 
 def fuse(features: Any, method: str = "average", **kwargs: Any) -> Any:
-    """Fuse the embeddings of one probe set into a single L2-normalised template."""
+    """Fuse the embeddings of one probe set into a single L2-normalised template
+    (:func:`fuseface.nn.fusion.fuse_features`); ``model=`` may be a fusion module or a fusion
+    weights file path (:func:`fuseface.infer.fusion_file.resolve_fusion`)."""
+    from fuseface.infer.fusion_file import resolve_fusion
     from fuseface.nn.fusion import fuse_features
 
+    if "model" in kwargs:
+        kwargs["model"] = resolve_fusion(kwargs["model"])
     return fuse_features(features, method=method, **kwargs)

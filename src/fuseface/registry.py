@@ -70,7 +70,7 @@ _ENTRIES: dict[str, dict[str, str | Callable[..., Any]]] = {
     },
     "task": {
         "recognition": "fuseface.train.recognition:RecognitionTask",
-        "caface": "fuseface.train.sets:CAFaceTask",
+        "caface": "fuseface.train.caface:CAFaceTask",
     },
     "detector": {
         "mtcnn": "fuseface.align.mtcnn:MTCNN",

@@ -30,10 +30,8 @@ import numpy as np
 from fuseface.align.detector import FaceDetector, LandmarkFile, select_faces
 from fuseface.align.mtcnn import Detections
 from fuseface.align.similarity import align_face
-from fuseface.data.images import MAX_PIXELS, read_image
+from fuseface.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
 from fuseface.errors import DataError
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def read_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

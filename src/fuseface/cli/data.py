@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from fuseface.cli.options import progress_option
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this module's commands to the root app or to a shared group."""
@@ -18,9 +20,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             "rgb", "--channel-order", help="rgb stores true colours; bgr stores channel-swapped images."
         ),
         quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality for re-encoded images."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        progress: bool = progress_option(True),
     ) -> None:
-        """Pack an image folder into insightface-style RecordIO; unreadable images go to OUT/pack_failures.txt."""
+        """Pack an image folder into insightface-style RecordIO; unreadable images go to OUT/pack_failures.txt.
+
+        \b
+        Example: fuseface data pack faces_by_identity/ train_rec/
+        """
         from fuseface.data.recordio import pack_image_folder
 
         result = pack_image_folder(folder, out, quality=quality, channel_order=channel_order, progress=progress)

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import typer
 
+from fuseface.cli.options import out_option, progress_option
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this module's commands to the root app or to a shared group."""
 
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (report, plots, cached data)."),
+        out: Path = out_option(Path("runs/demo"), "the folder of the report, plots and cached data"),
         quick: bool = typer.Option(False, "--quick", help="Tiny settings for a smoke run (well under a minute)."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the table."),
+        progress: bool = progress_option(True),
         set_fusion: bool = typer.Option(
             True, "--set-fusion/--no-set-fusion", help="Add the set-fusion (CAFace vs. pooling) section."
         ),

@@ -35,7 +35,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         threads: int = typer.Option(0, help="torch threads (0: leave as is)"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
-        """Run a frozen backbone over a dataset: un-normalised embeddings + style statistics, sharded, resumable."""
+        """Run a frozen backbone over a dataset: un-normalised embeddings + style statistics, sharded, resumable.
+
+        \b
+        Example: fuseface features extract faces/ -m dlib-resnet -o store/ --augment-copies 3
+        """
         from fuseface.errors import ConfigError
         from fuseface.infer.extract_features import extract_features, extract_options, load_backbone_meta
 
@@ -76,7 +80,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         max_photos: int = typer.Option(0, help="Keep at most this many photos per person (0: all)"),
         seed: int = typer.Option(0, help="Split seed"),
     ) -> None:
-        """Seeded identity-disjoint train / test split of the people of a photo folder."""
+        """Seeded identity-disjoint train / test split of the people of a photo folder.
+
+        \b
+        Example: fuseface features split lfw/lfw-deepfunneled -o split.json --min-photos 8
+        """
         from fuseface.data.photo_sets import identity_photos, identity_split, write_split
 
         split = identity_split(
@@ -93,7 +101,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @group.command("info")
     def info_command(store: str = typer.Argument(..., help="Feature store directory")) -> None:
-        """Print a store's manifest summary."""
+        """Print a store's manifest summary.
+
+        \b
+        Example: fuseface features info store/
+        """
         from fuseface.data.feature_store import FeatureStore
 
         s = FeatureStore(store)

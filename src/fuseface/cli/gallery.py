@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-MODEL_HELP = "fuseface model file or registered model name (default: the one the gallery was created with)."
+from fuseface.cli.options import fusion_option, model_option
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -21,8 +21,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @group.command("create")
     def create(
         directory: Path = typer.Argument(..., help="New gallery directory."),
-        model: str = typer.Option(..., "--model", "-m", help="fuseface model file or registered model name."),
-        fusion: str = typer.Option("average", help="Template fusion: average | norm_weighted | caface."),
+        model: str = model_option(...),
+        fusion: str = fusion_option("average", "average | norm_weighted | caface"),
         fusion_weights: Path | None = typer.Option(None, help="CAFace fusion weights file (for --fusion caface)."),
         backend: str = typer.Option("local", help="local (SQLite + faiss) | milvus."),
         index: str = typer.Option("auto", help="Local index: auto (flat, IVF above 200k) | flat | ivf | hnsw."),
@@ -31,7 +31,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         threshold: float | None = typer.Option(None, help="Open-set threshold (default: the model's, else 0.3)."),
     ) -> None:
-        """Create an empty gallery for one model."""
+        """Create an empty gallery for one model.
+
+        \b
+        Example: fuseface gallery create my_gallery -m dlib-resnet --fusion average
+        """
         from fuseface.gallery import Gallery
 
         with Gallery.create(
@@ -54,9 +58,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         directory: Path = typer.Argument(..., help="Gallery directory."),
         name: str = typer.Argument(..., help="Identity name (created if new)."),
         photos: list[Path] = typer.Argument(..., help="Photos to enrol (detected, aligned, embedded)."),
-        model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+        model: str | None = model_option(None, "default: the one the gallery was created with"),
     ) -> None:
-        """Enrol photos under NAME; the identity's template is updated photo by photo."""
+        """Enrol photos under NAME; the identity's template is updated photo by photo.
+
+        \b
+        Example: fuseface gallery add my_gallery alice alice1.jpg alice2.jpg
+        """
         from fuseface.gallery import Gallery
 
         with Gallery.open(directory, model, stored_model=True) as g:
@@ -75,7 +83,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         name: str = typer.Argument(..., help="Identity name."),
         photos: list[str] = typer.Argument(None, help="Only these photos (path, source name or SHA-256)."),
     ) -> None:
-        """Remove an identity, or some of its photos (the template is recomputed without them)."""
+        """Remove an identity, or some of its photos (the template is recomputed without them).
+
+        \b
+        Example: fuseface gallery remove my_gallery alice alice2.jpg
+        """
         from fuseface.gallery import Gallery
 
         with Gallery.open(directory) as g:
@@ -87,7 +99,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         directory: Path = typer.Argument(..., help="Gallery directory."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
-        """List the identities with their photo counts and template versions."""
+        """List the identities with their photo counts and template versions.
+
+        \b
+        Example: fuseface gallery list my_gallery --json
+        """
         from fuseface.gallery import Gallery
 
         with Gallery.open(directory) as g:
@@ -106,10 +122,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         k: int = typer.Option(5, "-k", help="Candidates per query."),
         threshold: float | None = typer.Option(None, help="Open-set threshold (default: the gallery's)."),
         fuse: bool = typer.Option(False, help="Fuse the query photos into one template first."),
-        model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+        model: str | None = model_option(None, "default: the one the gallery was created with"),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
-        """Open-set search: the best identity when its score reaches the threshold, else unknown."""
+        """Open-set search: the best identity when its score reaches the threshold, else unknown.
+
+        \b
+        Example: fuseface gallery search my_gallery query.jpg -k 5
+        """
         from fuseface.gallery import Gallery
 
         with Gallery.open(directory, model, stored_model=True) as g:
@@ -133,7 +153,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             ..., help="Output .npz (templates and per-photo embeddings) or .parquet (templates)."
         ),
     ) -> None:
-        """Export the templates (and, for .npz, every stored embedding)."""
+        """Export the templates (and, for .npz, every stored embedding).
+
+        \b
+        Example: fuseface gallery export my_gallery templates.npz
+        """
         from fuseface.gallery import Gallery
 
         with Gallery.open(directory) as g:

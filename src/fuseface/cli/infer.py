@@ -12,6 +12,9 @@ from typing import Any
 
 import typer
 
+from fuseface.cli.options import flip_option, fusion_option, model_option, out_option
+
+MODEL_DEFAULT = "default: dlib-resnet (after `fuseface models fetch dlib-resnet`)"
 MODEL_HELP = (
     "fuseface model file (.safetensors with architecture metadata) or a fetched pretrained name; "
     "default: dlib-resnet (after `fuseface models fetch dlib-resnet`)."
@@ -67,11 +70,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def compare(
         image_a: Path = typer.Argument(..., help="First photo or aligned crop."),
         image_b: Path = typer.Argument(..., help="Second photo or aligned crop."),
-        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+        model: Path = model_option(None, MODEL_DEFAULT),
         threshold: float = typer.Option(None, help="Cosine threshold for 'same' (default: the model's, else 0.3)."),
-        flip: bool = typer.Option(False, help="Flip-sum embeddings."),
+        flip: bool = flip_option(False),
     ) -> None:
-        """Cosine similarity of the faces in two images and a same / different verdict."""
+        """Cosine similarity of the faces in two images and a same / different verdict.
+
+        \b
+        Example: fuseface compare a.jpg b.jpg -m dlib-resnet
+        """
 
         fm = _load(model)
         r = fm.compare(image_a, image_b, threshold=threshold, flip=flip)
@@ -81,13 +88,17 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("fuse")
     def fuse(
         images: list[Path] = typer.Argument(..., help="Photos (or crops) of one person."),
-        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-        method: str = typer.Option("average", help="average | norm_weighted | caface."),
+        model: Path = model_option(None, MODEL_DEFAULT),
+        method: str = fusion_option("average", "average | norm_weighted | caface", alias=True),
         fusion_weights: Path = typer.Option(None, help="Fusion weights file (required for caface)."),
-        out: Path = typer.Option(None, help="Write the fused L2-normalised template (.npy)."),
+        out: Path = out_option(None, "write the fused L2-normalised template (.npy)"),
         compare_to: Path = typer.Option(None, help="Also print the cosine of the template with this image."),
     ) -> None:
-        """Fuse the embeddings of several images into one L2-normalised template."""
+        """Fuse the embeddings of several images into one L2-normalised template.
+
+        \b
+        Example: fuseface fuse a1.jpg a2.jpg a3.jpg --fusion norm_weighted -o alice.npy
+        """
         import numpy as np
 
         import fuseface
@@ -96,13 +107,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         fusions = names("fusion")
         if method not in fusions:
-            raise ConfigError(f"--method {method!r} is not one of: {', '.join(fusions)}")
+            raise ConfigError(f"--fusion {method!r} is not one of: {', '.join(fusions)}")
         fm = _load(model)
         if method == "caface":
             if fusion_weights is None:
-                raise ConfigError("--method caface needs --fusion-weights (a CAFace fusion weights file)")
-            from fuseface.infer.extract_features import embed_with_styles
-
+                raise ConfigError("--fusion caface needs --fusion-weights (a CAFace fusion weights file)")
             crops, kept = [], []
             for p in images:
                 try:
@@ -112,7 +121,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                     typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
             if not crops:
                 raise DataError("no usable image to fuse")
-            feats, styles = embed_with_styles(fm.net, crops, fm.channel_order, input_size=fm.input_size)
+            feats, styles = fm.embed_with_styles(np.stack(crops))
             template = fuseface.fuse(feats, method="caface", styles=styles, model=str(fusion_weights))
         else:
             res = fm.embed_photos(images)
@@ -135,11 +144,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def search(
         gallery: Path = typer.Option(..., help="Folder of gallery photos; the identity is the sub-folder name."),
         probe: Path = typer.Option(..., help="Probe photo."),
-        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+        model: Path = model_option(None, MODEL_DEFAULT),
         k: int = typer.Option(5, "-k", help="Number of neighbours."),
         backend: str = typer.Option("auto", help="auto (faiss if installed) | numpy | faiss."),
     ) -> None:
-        """Rank the gallery photos by cosine similarity to the probe."""
+        """Rank the gallery photos by cosine similarity to the probe.
+
+        \b
+        Example: fuseface search --gallery people/ --probe query.jpg -k 5
+        """
         from fuseface.errors import DataError
         from fuseface.infer.index import create_index
 
@@ -169,7 +182,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         int8: bool = typer.Option(False, "--int8", help="Static int8 (ONNX Runtime QDQ), needs --calibration."),
         calibration: Path = typer.Option(None, help="--int8: folder of aligned face crops (a few hundred used)."),
     ) -> None:
-        """Export a model (or a CAFace fusion weights file) to ONNX and check it against onnxruntime."""
+        """Export a model (or a CAFace fusion weights file) to ONNX and check it against onnxruntime.
+
+        \b
+        Example: fuseface export model.safetensors --onnx model.onnx
+        """
         from fuseface.infer.export import export_fusion_file, export_model_file, is_fusion_file
 
         if int8:

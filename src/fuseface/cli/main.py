@@ -60,7 +60,11 @@ def build_app() -> typer.Typer:
 
     @app.command("version")
     def version() -> None:
-        """Print the fuseface and torch versions."""
+        """Print the fuseface and torch versions.
+
+        \b
+        Example: fuseface version
+        """
         import torch
 
         import fuseface

@@ -18,7 +18,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         stages: str = typer.Option(None, "--stages", help="Stages using --conv (default all), e.g. 3,4."),
         input_size: int = typer.Option(112, "--input-size", help="Side of the square input image."),
     ) -> None:
-        """Print parameters, MACs and the feature shape of each stage."""
+        """Print parameters, MACs and the feature shape of each stage.
+
+        \b
+        Example: fuseface models info msnet50 --input-size 112
+        """
         from rich.console import Console
         from rich.table import Table
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import typer
 
+from fuseface.cli.options import model_option
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("serve")
     def serve(
         gallery: Path | None = typer.Option(None, help="Gallery directory (without one: /compare and /embed only)."),
-        model: str | None = typer.Option(None, "--model", "-m", help="Model file or name (default: the gallery's)."),
+        model: str | None = model_option(None, "default: the gallery's"),
         host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
         port: int = typer.Option(8000, help="Port."),
         api_key_file: Path | None = typer.Option(
@@ -23,7 +25,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         max_batch: int = typer.Option(32, help="Most images per model call."),
         max_wait_ms: float = typer.Option(5.0, help="How long the batching queue waits for more requests."),
     ) -> None:
-        """Serve compare / embed / enroll / search / delete over HTTP (OpenAPI docs at /docs)."""
+        """Serve compare / embed / enroll / search / delete over HTTP (OpenAPI docs at /docs).
+
+        \b
+        Example: fuseface serve --gallery my_gallery --port 8000
+        """
         import uvicorn
 
         from fuseface.errors import ConfigError

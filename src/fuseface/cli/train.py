@@ -19,7 +19,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         args: list[str] = typer.Argument(None, help="Dotted overrides key=value, e.g. optim.lr=0.05 train.steps=100"),
     ) -> None:
-        """Train a face recognition model; runs as is under `torchrun --nproc_per_node N`."""
+        """Train a face recognition model; runs as is under `torchrun --nproc_per_node N`.
+
+        \b
+        Example: fuseface train -c configs/cpu_demo_ir18.yaml train.steps=100
+        """
         from fuseface.errors import ConfigError
         from fuseface.train.config import load_config
         from fuseface.train.trainer import train

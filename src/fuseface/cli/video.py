@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from fuseface.cli.options import fusion_option, model_option, out_option
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this module's commands to the root app or to a shared group."""
@@ -14,10 +16,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("video")
     def video(
         source: Path = typer.Argument(..., help="Video file (any container OpenCV reads)."),
-        out: Path = typer.Option(..., "--out", help="Output folder (track JSONs, templates.npz, contact sheet)."),
-        model: str = typer.Option("dlib-resnet", "--model", "-m", help="fuseface model file or model name."),
+        out: Path = out_option(..., "folder of the track JSONs, templates.npz and contact sheet"),
+        model: str = model_option("dlib-resnet"),
         stride: int = typer.Option(1, help="Process every N-th frame."),
-        fusion: str = typer.Option("norm_weighted", help="average | norm_weighted | caface."),
+        fusion: str = fusion_option("norm_weighted", "average | norm_weighted | caface"),
         fusion_weights: Path = typer.Option(None, help="CAFace fusion weights file (for --fusion caface)."),
         gallery: Path = typer.Option(None, help="Folder of enrolment photos (sub-folder per person): identify tracks."),
         plot: bool = typer.Option(False, "--plot", help="Also plot per-frame vs fused cosine (longest track)."),
@@ -27,7 +29,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         chunk_size: int = typer.Option(64, help="CAFace chunk size."),
         threshold: float = typer.Option(None, help="Cosine threshold for clustering / gallery (default: model's)."),
     ) -> None:
-        """Detect, track and fuse faces: one template per track, tracks grouped into people."""
+        """Detect, track and fuse faces: one template per track, tracks grouped into people.
+
+        \b
+        Example: fuseface video clip.mp4 -o runs/clip -m dlib-resnet --fusion norm_weighted
+        """
         import fuseface
         from fuseface.video.api import analyse_video
 

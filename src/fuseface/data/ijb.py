@@ -289,7 +289,6 @@ def _cache_file(path: Path, cache: bool = True) -> Path | None:
     """Where the parsed arrays of a protocol file are cached (keyed by path, size, mtime); ``None``
     when ``cache`` is off or the file is smaller than ``CACHE_MIN_BYTES`` (not worth caching)."""
     import hashlib
-    import os
 
     try:
         st = path.stat()
@@ -298,8 +297,9 @@ def _cache_file(path: Path, cache: bool = True) -> Path | None:
     if not cache or st.st_size < CACHE_MIN_BYTES:
         return None
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
-    base = Path(os.environ.get("FUSEFACE_CACHE", Path.home() / ".cache" / "fuseface")) / "protocols"
-    return base / f"{path.name}.{key}.npz"
+    from fuseface.align.weights import cache_root
+
+    return cache_root() / "protocols" / f"{path.name}.{key}.npz"
 
 
 CACHE_MIN_BYTES = 20_000_000

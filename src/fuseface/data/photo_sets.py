@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fuseface.data.images import IMAGE_EXTENSIONS
 from fuseface.errors import DataError, ProtocolFileError
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 SPLIT_FORMAT = "fuseface-identity-split"
-PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def identity_photos(root: str | Path) -> dict[str, list[str]]:
@@ -47,7 +47,7 @@ def identity_photos(root: str | Path) -> dict[str, list[str]]:
         raise DataError(f"{root}: photo folder not found")
     people: dict[str, list[str]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        photos = sorted(f"{d.name}/{f.name}" for f in d.iterdir() if f.suffix.lower() in PHOTO_EXTENSIONS)
+        photos = sorted(f"{d.name}/{f.name}" for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         if photos:
             people[d.name] = photos
     if not people:
@@ -167,7 +167,7 @@ def read_face_journal(path: str | Path) -> dict[str, tuple[np.ndarray, float]]:
 
 class AlignedPhotoSource:
     """``source[i] -> (aligned uint8 RGB crop, label)`` for photos under ``root`` (an
-    :class:`fuseface.infer.extract_features.ImageSource`).
+    :class:`fuseface.data.image_sources.ImageSource`).
 
     ``landmarks`` maps a relative photo path to its 5 landmarks (and detector score); photos
     without an entry use the mean of the given landmarks (``landmark_source[i] == "mean"``) and

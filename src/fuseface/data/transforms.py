@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -425,6 +425,13 @@ def low_light(image: np.ndarray, gain: float, gamma: float, noise_std: float, rn
     return np.clip(np.rint(dark), 0, 255).astype(np.uint8)
 
 
+class Degradation(Protocol):
+    """``apply(image, rng) -> (degraded image, JSON parameters with kind_id and severity)``
+    (what :class:`SurveillanceDegradation` is; feature extraction stores the parameters)."""
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]: ...
+
+
 @dataclass
 class SurveillanceDegradation:
     """One degradation of the kind surveillance video shows, drawn per call with its parameters.
@@ -503,6 +510,100 @@ class SurveillanceDegradation:
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.apply(image, rng)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# CAFace feature-precompute augmentations
+# --------------------------------------------------------------------------------------------
+
+
+class CAFaceAugmenter:
+    """The augmented copies of the CAFace feature precompute (CAFace ``preprocess/image_augmenter.py``,
+    METHODS.md §3.9; our implementation of its families).
+
+    :meth:`copies` makes ``count`` versions of one image: copy 1 is a *strong* augmentation
+    (geometric, then photometric, then blur), copies 2..count a single *weak* augmentation (one
+    of photometric, blur, geometric) applied on top of that strong one; every copy is flipped
+    horizontally with probability 0.5. Families: geometric = random resized crop (scale 0.2-1,
+    ratio 3/4-4/3) pasted on a zero canvas | affine (zoom 0.5-1.5, translate ±20 %) | rotation
+    (±25°); photometric = brightness/contrast/saturation jitter 0.5; blur = box k∈[1,10) |
+    Gaussian σ∈[0,4) | motion k∈[5,20) at ±45° | low-resolution round trip (side 0.2-1, random
+    cv2 interpolations). All randomness comes from the given generator.
+    """
+
+    def geometric(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = img.shape[:2]
+        kind = int(rng.integers(3))
+        if kind == 0:  # random resized crop pasted back on a zero canvas at its place
+            for _ in range(10):
+                area = h * w * rng.uniform(0.2, 1.0)
+                ratio = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+                cw, ch = round(float(np.sqrt(area * ratio))), round(float(np.sqrt(area / ratio)))
+                if 0 < cw <= w and 0 < ch <= h:
+                    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+                    out = np.zeros_like(img)
+                    out[y : y + ch, x : x + cw] = img[y : y + ch, x : x + cw]
+                    return out
+            return img.copy()
+        if kind == 1:  # affine: zoom and translation
+            zoom = rng.uniform(0.5, 1.5)
+            tx, ty = rng.uniform(-0.2, 0.2) * w, rng.uniform(-0.2, 0.2) * h
+            M = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, zoom)
+            M[:, 2] += (tx, ty)
+        else:  # rotation
+            M = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-25, 25), 1.0)
+        return cv2.warpAffine(img, M, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+
+    def photometric(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = img.astype(np.float32)
+        for op in rng.permutation(3):
+            f = rng.uniform(0.5, 1.5)
+            if op == 0:  # brightness
+                x = x * f
+            elif op == 1:  # contrast around the mean grey
+                x = (x - x.mean()) * f + x.mean()
+            else:  # saturation around the per-pixel grey (ITU-R 601, RGB)
+                grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+                x = (x - grey[..., None]) * f + grey[..., None]
+            x = np.clip(x, 0, 255)
+        return x.astype(np.uint8)
+
+    def blur(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = img.shape[:2]
+        kind = int(rng.integers(4))
+        if kind == 0:
+            k = int(rng.integers(1, 10))
+            return cv2.blur(img, (k, k))
+        if kind == 1:
+            sigma = rng.uniform(0, 4)
+            return img.copy() if sigma < 1e-3 else cv2.GaussianBlur(img, (0, 0), sigma)
+        if kind == 2:
+            k = int(rng.integers(5, 20))
+            kernel = np.zeros((k, k), np.float32)
+            kernel[k // 2, :] = 1.0
+            rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(-45, 45), 1.0)
+            kernel = cv2.warpAffine(kernel, rot, (k, k))
+            return cv2.filter2D(img, -1, kernel / max(kernel.sum(), 1e-6))
+        side = rng.uniform(0.2, 1.0)
+        interps = LOWRES_INTERPOLATIONS
+        small = cv2.resize(
+            img, (max(1, int(w * side)), max(1, int(h * side))), interpolation=interps[int(rng.integers(len(interps)))]
+        )
+        return cv2.resize(small, (w, h), interpolation=interps[int(rng.integers(len(interps)))])
+
+    def strong(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.blur(self.photometric(self.geometric(img, rng), rng), rng)
+
+    def weak(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return (self.photometric, self.blur, self.geometric)[int(rng.integers(3))](img, rng)
+
+    def copies(self, img: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """``count`` augmented versions: strong, then weak-on-strong; each flipped with p=0.5."""
+        if count <= 0:
+            return []
+        strong = self.strong(img, rng)
+        out = [strong] + [self.weak(strong, rng) for _ in range(count - 1)]
+        return [np.ascontiguousarray(o[:, ::-1]) if rng.random() < 0.5 else o for o in out]
 
 
 # --------------------------------------------------------------------------------------------

@@ -188,3 +188,38 @@ def fuse_templates(
             kw["scores"] = scores[idx]
         out[k] = np.asarray(fuse_features(raw_features[idx], method=method, chunk_size=chunk_size, **kw))
     return TemplateFeatures(ids, l2_normalize(out), int((~valid).sum()), empty)
+
+
+def fuse_row_sets(
+    features: np.ndarray,
+    row_sets: list[np.ndarray],
+    method: str = "norm_sum",
+    *,
+    styles: np.ndarray | None = None,
+    chunk_size: int | None = None,
+    model: object | None = None,
+) -> tuple[np.ndarray, int]:
+    """One L2-normalised template per set of feature rows, as the IJB-S evaluation builds them:
+    ``(templates (len(row_sets), D) float64, number of empty templates)``.
+
+    Invalid rows (:func:`fuseface.eval.invalid.invalid_rows`) are dropped from their set first; a
+    set left empty gives a zero template (invalid, so its searches are misses) and is counted.
+    ``method="norm_sum"`` sums the raw features (float64), any other name is a set-fusion method
+    (:func:`fuseface.nn.fusion.fuse_features`, fed ``styles`` rows for CAFace, ``model`` a fusion
+    module or None).
+    """
+    from fuseface.nn.fusion import fuse_features
+
+    bad = invalid_rows(features)
+    out = np.zeros((len(row_sets), features.shape[1]))
+    empty = 0
+    for k, rows in enumerate(row_sets):
+        rows = rows[~bad[rows]] if len(rows) else rows
+        if len(rows) == 0:
+            empty += 1
+        elif method == "norm_sum":
+            out[k] = features[rows].astype(np.float64).sum(0)
+        else:
+            kw = {"styles": styles[rows]} if styles is not None else {}
+            out[k] = fuse_features(features[rows], method=method, chunk_size=chunk_size, model=model, **kw)
+    return l2_normalize(out), empty

@@ -313,6 +313,8 @@ def _plot_loss(losses: list[float], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fuseface.eval.report import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, lw=0.6, alpha=0.4, label="per step")
@@ -324,9 +326,7 @@ def _plot_loss(losses: list[float], path: Path) -> None:
     ax.set_ylabel("training loss (CosFace)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _sample_grid(settings: DemoSettings, path: Path, identities: int = 6, per_identity: int = 8) -> None:

@@ -30,17 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from fuseface.infer.model_file import ModelMeta, load_model
+
 SET_SIZES = (1, 2, 4, 8, 16, 32, 64)
 KINDS = ("clean", "blurred", "occluded", "tiny")
 
 
-def _load_backbone(backbone: str | Path | nn.Module) -> tuple[nn.Module, str, int]:
+def _load_backbone(backbone: str | Path | nn.Module) -> tuple[nn.Module, ModelMeta]:
+    """The backbone and its settings: a model file's metadata, or for a module its stated channel
+    order and input size (the demo's trained network) with the default pixel normalisation."""
     if isinstance(backbone, nn.Module):
-        return backbone.eval(), getattr(backbone, "channel_order", "rgb"), int(getattr(backbone, "input_size", 112))
-    from fuseface.infer.model_file import load_model
-
-    model, meta = load_model(backbone)
-    return model, meta.channel_order, meta.input_size
+        order, size = getattr(backbone, "channel_order", "rgb"), int(getattr(backbone, "input_size", 112))
+        return backbone.eval(), ModelMeta(arch=type(backbone).__name__, channel_order=order, input_size=size)
+    return load_model(backbone)
 
 
 def _degrade_kwargs(kind: str, rng: np.random.Generator, image_size: int) -> dict[str, float]:
@@ -111,16 +113,19 @@ def run(
     train_steps: int | None = None,
 ) -> dict[str, Any]:
     """Run the set-fusion demo (see the module docstring); returns rows + markdown + file paths."""
+    from fuseface.data.image_sources import ArraySource
     from fuseface.data.synthetic import SyntheticFaces
-    from fuseface.infer.extract_features import ArraySource, embed_with_styles, extract_features
-    from fuseface.nn.fusion import fuse_features, load_fusion
+    from fuseface.infer.extract_features import embed_with_styles, extract_features
+    from fuseface.infer.fusion_file import load_fusion
+    from fuseface.nn.fusion import fuse_features
     from fuseface.train.config import config_from_dict
     from fuseface.train.trainer import train
 
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, order, input_size = _load_backbone(backbone)
+    model, backbone_meta = _load_backbone(backbone)
+    order, input_size, norm = backbone_meta.channel_order, backbone_meta.input_size, backbone_meta.pixel_norm()
     size = int(image_size or input_size)
     faces = SyntheticFaces(seed=seed, image_size=size)
     n_train = train_identities or (24 if quick else 120)
@@ -148,6 +153,7 @@ def run(
         shard_size=256,
         dtype="float32",
         input_size=input_size,
+        **norm,
         progress=progress,
         meta={"source": "synthetic", "identities": n_train, "images_per_identity": per_id},
     )
@@ -185,7 +191,7 @@ def run(
     sets, kinds = _render_probe_sets(faces, ids, set_len, seed, progress)
     feats, styles = [], []
     for s in sets:
-        e, st = embed_with_styles(model, s, order, input_size=input_size)
+        e, st = embed_with_styles(model, s, order, input_size=input_size, **norm)
         feats.append(e)
         styles.append(st)
 
@@ -304,6 +310,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fuseface.eval.report import save_figure
+
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     x = [r["set_size"] for r in rows]
     for name, label in (("caface", "CAFace"), ("average", "average"), ("norm_weighted", "norm-weighted")):
@@ -313,9 +321,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("EER (%) — synthetic")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 #: Mean MTCNN landmarks (left eye, right eye, nose, mouth corners) of 6,624 detected LFW
@@ -377,9 +383,9 @@ def real_face_section(
         augment_copies=2,
         degradation=SurveillanceDegradation(),
         seed=seed,
+        channel_order=meta.channel_order,
         input_size=meta.input_size,
-        pixel_mean=meta.pixel_mean,
-        pixel_std=meta.pixel_std,
+        **meta.pixel_norm(),
         shard_size=256,
         progress=progress,
         meta={**store_meta, "split": str(split_path), "model": model},

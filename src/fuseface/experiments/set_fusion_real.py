@@ -197,7 +197,7 @@ def evaluate_store(
 ) -> dict[str, Any]:
     """Every (setting, size, method) of the protocol (module docstring) -> rows with 95 % intervals
     and, per (setting, size), the paired interval of CAFace minus the best pooling per metric."""
-    from fuseface.nn.fusion import load_fusion
+    from fuseface.infer.fusion_file import load_fusion
 
     caface = load_fusion(caface_path)
     data = load_test_identities(store_dir)

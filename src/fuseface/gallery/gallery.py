@@ -273,9 +273,7 @@ class Gallery:
         styles = None
         if crops:
             if self.fusion.needs_styles:
-                from fuseface.infer.extract_features import embed_with_styles
-
-                f, s = embed_with_styles(fm.net, crops, fm.channel_order, input_size=fm.input_size)
+                f, s = fm.embed_with_styles(np.stack(crops))
                 styles = np.full((len(photos), *s.shape[1:]), np.nan, np.float32)
                 styles[good] = s
             else:

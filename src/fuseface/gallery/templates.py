@@ -151,7 +151,7 @@ def create_template_fusion(name: str, weights: Any = None) -> TemplateFusion:
     if name == "caface":
         if weights is None:
             raise ConfigError("fusion caface needs a CAFace fusion weights file (--fusion-weights)")
-        from fuseface.nn.fusion import load_fusion
+        from fuseface.infer.fusion_file import load_fusion
 
         module = load_fusion(weights) if not isinstance(weights, torch.nn.Module) else weights
         return CAFaceTemplate(module)

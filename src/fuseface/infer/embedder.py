@@ -29,8 +29,6 @@ from torch import nn
 
 from fuseface.errors import DataError
 from fuseface.infer.model_file import (
-    DEFAULT_PIXEL_MEAN,
-    DEFAULT_PIXEL_STD,
     ModelMeta,
     check_input_size,
     load_model,
@@ -84,11 +82,7 @@ class FaceModel:
 
     def to_input(self, images: np.ndarray) -> torch.Tensor:
         """Aligned uint8 RGB crops (N, S, S, 3) -> the network's input tensor on its device."""
-        meta = self.meta
-        if tuple(meta.pixel_mean) == DEFAULT_PIXEL_MEAN and tuple(meta.pixel_std) == DEFAULT_PIXEL_STD:
-            x = to_input_tensor(images, meta.channel_order)
-        else:
-            x = to_input_tensor(images, meta.channel_order, meta.pixel_mean, meta.pixel_std)
+        x = to_input_tensor(images, self.meta.channel_order, **self.meta.pixel_norm())
         return self._match_input(x.to(self.device))
 
     @classmethod
@@ -124,6 +118,26 @@ class FaceModel:
             outs.append(emb.float().cpu().numpy())
         feats = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
         return feats, np.linalg.norm(feats, axis=1)
+
+    @torch.inference_mode()
+    def embed_with_styles(
+        self, images: np.ndarray | Sequence[np.ndarray], stages: Sequence[int] = (1, 2), batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Un-normalised embeddings (N, D) and CAFace styles (N, ΣC, 2) of aligned RGB crops from one
+        forward pass each (:func:`fuseface.nn.fusion.caface.stage_styles` of ``stages``), the input
+        prepared exactly as :meth:`embed_aligned` prepares it (this model's channel order, input
+        size and pixel mean / std), so the embeddings are the ones :meth:`embed_aligned` returns."""
+        from fuseface.nn.fusion.caface import stage_styles
+
+        feats: list[np.ndarray] = []
+        styles: list[np.ndarray] = []
+        for batch in _batched(images, batch_size):
+            emb, maps = self.net(self.to_input(batch), return_stages=True)
+            feats.append(emb.float().cpu().numpy())
+            styles.append(stage_styles(maps, stages).cpu().numpy())
+        if not feats:
+            raise DataError("embed_with_styles: no images given")
+        return np.concatenate(feats), np.concatenate(styles)
 
     def to_int8(self, calibration: np.ndarray, path: str | Path | None = None, method: str = "minmax") -> FaceModel:
         """A copy running a static int8 ONNX Runtime version of the network (the ``precision="int8"``

@@ -269,12 +269,12 @@ def export_caface(caface: nn.Module, path: str | Path, max_images: int = 32, ops
 
 
 def export_fusion_file(fusion_path: str | Path, onnx_path: str | Path, max_images: int = 32) -> dict[str, Any]:
-    """Export a CAFace fusion weights file (``fuseface.nn.fusion.save_fusion``) with
+    """Export a CAFace fusion weights file (``fuseface.infer.fusion_file.save_fusion``) with
     :func:`export_caface` and check it against ``CAFace.fuse`` on a random half-full probe."""
     require_onnx()
     import onnxruntime as ort
 
-    from fuseface.nn.fusion import load_fusion
+    from fuseface.infer.fusion_file import load_fusion
 
     caface = load_fusion(fusion_path)
     if not hasattr(caface, "fusion_net"):

@@ -36,6 +36,8 @@ FORMAT_VERSION = "1"
 #: insightface's input normalisation ``(x / 255 - 0.5) / 0.5`` as a mean and std on the 0..255 scale.
 DEFAULT_PIXEL_MEAN = (127.5, 127.5, 127.5)
 DEFAULT_PIXEL_STD = (127.5, 127.5, 127.5)
+#: The :class:`ModelMeta` fields a backbone's registry entry states.
+_REGISTRY_FIELDS = ("channel_order", "input_size", "template", "pixel_mean", "pixel_std", "embedding_size")
 
 
 @dataclass
@@ -51,6 +53,14 @@ class ModelMeta:
     pixel_mean: tuple[float, float, float] = DEFAULT_PIXEL_MEAN
     pixel_std: tuple[float, float, float] = DEFAULT_PIXEL_STD
     embedding_size: int | None = None
+
+    def pixel_norm(self) -> dict[str, tuple[float, float, float] | None]:
+        """``pixel_mean`` / ``pixel_std`` keywords for :func:`fuseface.ops.to_input_tensor`: None for
+        insightface's default, so the default input is exactly ``(x / 255 - 0.5) / 0.5``."""
+        mean, std = tuple(self.pixel_mean), tuple(self.pixel_std)
+        if mean == DEFAULT_PIXEL_MEAN and std == DEFAULT_PIXEL_STD:
+            return {"pixel_mean": None, "pixel_std": None}
+        return {"pixel_mean": mean, "pixel_std": std}
 
     def to_strings(self) -> dict[str, str]:
         if self.channel_order not in ("rgb", "bgr"):
@@ -69,6 +79,18 @@ class ModelMeta:
         if self.embedding_size is not None:
             out["embedding_size"] = str(int(self.embedding_size))
         return out
+
+    @classmethod
+    def from_registry(cls, arch: str, arch_kwargs: dict[str, Any] | None = None, **fields: Any) -> ModelMeta:
+        """The metadata a registered backbone states (:func:`fuseface.registry.settings`: channel
+        order, input size, pixel mean / std, embedding size, template); ``fields`` override them."""
+        from fuseface import registry
+
+        kwargs = dict(arch_kwargs or {})
+        stated = registry.settings(arch, **kwargs)
+        values = {k: stated[k] for k in _REGISTRY_FIELDS}
+        values["pixel_mean"], values["pixel_std"] = tuple(values["pixel_mean"]), tuple(values["pixel_std"])
+        return cls(arch=arch, arch_kwargs=kwargs, **{**values, **fields})
 
     @classmethod
     def from_strings(cls, meta: dict[str, str], path: str | Path) -> ModelMeta:

@@ -156,8 +156,7 @@ def export_int8_file(
     ``{"path", "calibration_images", "cosine_min", "cosine_mean"}`` (int8 vs fp32 on those crops)."""
     import cv2
 
-    from fuseface.align.pipeline import IMAGE_EXTENSIONS
-    from fuseface.data.images import read_image
+    from fuseface.data.images import IMAGE_EXTENSIONS, read_image
     from fuseface.infer.embedder import FaceModel
 
     fm = FaceModel.from_file(model_path)

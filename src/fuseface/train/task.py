@@ -68,7 +68,7 @@ Example (a minimal task; ``BaseTask`` supplies the defaults)::
 
 Tasks live in :mod:`fuseface.registry` (kind ``task``).
 The built-in tasks: ``recognition`` (:class:`fuseface.train.recognition.RecognitionTask`: backbone
-+ margin loss + Partial FC) and ``caface`` (``fuseface.train.sets:CAFaceTask``, set fusion on
++ margin loss + Partial FC) and ``caface`` (``fuseface.train.caface:CAFaceTask``, set fusion on
 precomputed features), imported only when selected.
 """
 

@@ -11,9 +11,10 @@ One optimizer step:
 3. the gradients of the replicated modules (the backbone) are unscaled and clipped to
    ``optim.clip_grad_norm`` (arcface_torch ``clip_grad_norm_(backbone.parameters(), 5)``), then the
    optimizer and the per-iteration schedule step;
-4. the loss (averaged over ranks) is logged; every ``checkpoint.every`` steps and at the end a
-   checkpoint is written (:mod:`fuseface.train.checkpoint`), every ``val.every`` steps the ``.bin``
-   sets are evaluated.
+4. the step's record (loss averaged over ranks, lr, the task's metrics) goes to the callbacks
+   (:mod:`fuseface.train.callbacks`): the user's, then the built-in ones that log it, write a
+   checkpoint every ``checkpoint.every`` steps and at the end (:mod:`fuseface.train.checkpoint`)
+   and evaluate the ``.bin`` sets every ``val.every`` steps and at the end.
 
 At the end the task exports ``out_dir/model.safetensors`` (a fuseface model file). Determinism: with
 ``train.deterministic`` torch's deterministic algorithms are requested; on CPU a resumed run then
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,33 +39,12 @@ from torch import nn
 from fuseface.errors import CheckpointError, ConfigError
 from fuseface.train import checkpoint as C
 from fuseface.train import distributed as D
+from fuseface.train.callbacks import Callback, default_callbacks
 from fuseface.train.config import TrainConfig, config_to_dict, save_config
-from fuseface.train.logging import TrainLogger, format_eta
 from fuseface.train.optim import build_optimizer
 from fuseface.train.sampler import GlobalOrderSampler
 from fuseface.train.schedule import build_scheduler, lr_factor_fn
 from fuseface.train.task import Task, TaskContext, resolve_task
-
-
-class Callback:
-    """Hooks the loop calls, as arcface_torch's ``utils_callbacks`` hang off its loop: subclass and
-    override what you need, pass instances as ``train(cfg, callbacks=[...])``. Each hook gets the
-    :class:`Trainer` (its ``step``, ``modules``, ``cfg``, ``out_dir``) and runs on every rank."""
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        """After the run folder, the config and a resumed state are in place."""
-
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """After each optimizer step, with its history record (``step``, ``loss``, ``lr``, ...)."""
-
-    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
-        """After a checkpoint is written (and every rank passed the barrier)."""
-
-    def on_validation(self, trainer: Trainer, results: dict[str, float]) -> None:
-        """After a validation round, with its metrics."""
-
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
-        """After the model file is exported."""
 
 
 @dataclass
@@ -175,6 +154,9 @@ class Trainer:
         )
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._all_callbacks: list[Callback] = [*self.callbacks, *default_callbacks()]
 
     # -- setup helpers ---------------------------------------------------------------------------
     def _wrap(self, modules: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -251,7 +233,19 @@ class Trainer:
         C.restore_rng(rngs[self.env.rank % len(rngs)])
         self.step = int(ckpt["step"])
 
+    def checkpoint(self) -> Path:
+        """Write a checkpoint of the current step and tell every callback (``on_checkpoint``)."""
+        self.last_checkpoint = self.save_checkpoint()
+        self._notify("on_checkpoint", self.last_checkpoint)
+        return self.last_checkpoint
+
     # -- validation -------------------------------------------------------------------------------
+    def run_validation(self) -> dict[str, float]:
+        """Evaluate the validation sets and tell every callback (``on_validation``)."""
+        results = self.validate()
+        self._notify("on_validation", results)
+        return results
+
     def validate(self) -> dict[str, float]:
         results: dict[str, float] = {}
         if self.env.is_main and self.cfg.val.bins:
@@ -262,29 +256,19 @@ class Trainer:
         return results
 
     # -- loop -------------------------------------------------------------------------------------
+    def _notify(self, hook: str, *args: Any) -> None:
+        for cb in self._all_callbacks:
+            getattr(cb, hook)(self, *args)
+
     def run(self, resume: str | bool | None = None) -> TrainResult:
         cfg, env = self.cfg, self.env
         resume_path = resolve_resume(resume, self.out_dir)
         if resume_path is not None:
             self.load_checkpoint(resume_path)
+        self.resumed_from = self.last_checkpoint = resume_path
         if env.is_main:
             save_config(cfg, self.out_dir / "config.yaml")
-        logger = TrainLogger(
-            self.out_dir, self.total_steps, self.step, env.is_main, cfg.log.progress, cfg.log.tensorboard
-        )
-        if env.is_main:
-            logger.write(
-                {
-                    "step": self.step,
-                    "event": "start",
-                    "world_size": env.world_size,
-                    "global_batch": self.global_batch,
-                    "total_steps": self.total_steps,
-                    "resumed_from": str(resume_path) if resume_path else None,
-                }
-            )
-        for cb in self.callbacks:
-            cb.on_train_start(self)
+        self._notify("on_train_start")
         accum = cfg.train.grad_accum
         replicated_params = [
             p
@@ -293,7 +277,6 @@ class Trainer:
             for p in self.modules[n].parameters()
             if p.requires_grad
         ]
-        last_ckpt: Path | None = resume_path
         batches = self._batches() if self.step < self.total_steps else iter(())
         try:
             while self.step < self.total_steps:
@@ -340,46 +323,16 @@ class Trainer:
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 self.history.append(record)
-                for cb in self.callbacks:
-                    cb.on_step_end(self, record)
-                logger.step()
-                if self.step % max(1, cfg.log.every) == 0 or self.step == self.total_steps:
-                    ips, eta = logger.rate(self.step, self.global_batch)
-                    record["images_per_s"] = ips
-                    logger.write(
-                        record,
-                        f"step {self.step}/{self.total_steps} ep {record['epoch']} "
-                        f"loss {record['loss']:.4f} lr {lr:.5f} {ips:.1f} img/s ETA {format_eta(eta)}",
-                    )
-                every = cfg.checkpoint.every
-                if (every > 0 and self.step % every == 0) or self.step == self.total_steps:
-                    last_ckpt = self.save_checkpoint()
-                    for cb in self.callbacks:
-                        cb.on_checkpoint(self, last_ckpt)
-                val_due = cfg.val.every > 0 and self.step % cfg.val.every == 0 and self.step < self.total_steps
-                if cfg.val.bins and val_due:
-                    val = self.validate()
-                    for cb in self.callbacks:
-                        cb.on_validation(self, val)
-                    if val:
-                        logger.write({"step": self.step, **val}, "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
+                self._notify("on_step_end", record)
         finally:
-            logger.close()
-        if cfg.val.bins:
-            val = self.validate()
-            if val and env.is_main:
-                with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-                    import json
-
-                    fh.write(json.dumps({"step": self.step, **val, "time": time.time()}) + "\n")
-                self.history.append({"step": self.step, **val})
+            self._notify("on_loop_exit")
+        self._notify("on_steps_done")
         model_path = None
         if env.is_main:
             model_path = self.task.export(self.modules, self.out_dir / "model.safetensors")
         D.barrier()
-        result = TrainResult(self.out_dir, model_path, last_ckpt, self.history)
-        for cb in self.callbacks:
-            cb.on_train_end(self, result)
+        result = TrainResult(self.out_dir, model_path, self.last_checkpoint, self.history)
+        self._notify("on_train_end", result)
         return result
 
 

@@ -103,7 +103,7 @@ def analyse_video(
 def _reference_plot(result: VideoResult, out: Path, opts: VideoOptions) -> dict[str, Any]:
     import numpy as np
 
-    from fuseface.nn.fusion import load_fusion
+    from fuseface.infer.fusion_file import load_fusion
     from fuseface.video.reference_plot import compare_to_reference, plot_reference
 
     track = max(result.tracks, key=len)

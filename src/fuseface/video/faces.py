@@ -12,7 +12,7 @@ the up-sampled copy would only interpolate twice).
 embeds them through :class:`fuseface.infer.embedder.FaceModel` (``embed_aligned``; the crops use
 the model's alignment template, ``FaceModel.template``), and, when the
 fusion needs CAFace styles, computes them from the same forward pass
-(:func:`fuseface.infer.extract_features.stage_styles`).
+(``FaceModel.embed_with_styles``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from fuseface.align.detector import FaceDetector
 from fuseface.align.mtcnn import Detections
@@ -102,15 +101,6 @@ class FaceEmbedder:
         self.with_styles = with_styles
         self.style_stages = tuple(style_stages)
 
-    @torch.inference_mode()
-    def _embed_with_styles(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and styles from one pass, the input prepared exactly as ``embed_aligned`` does
-        (the model file's channel order and pixel normalisation)."""
-        from fuseface.infer.extract_features import stage_styles
-
-        emb, maps = self.model.net(self.model.to_input(crops), return_stages=True)
-        return emb.float().cpu().numpy(), stage_styles(maps, self.style_stages).cpu().numpy()
-
     def __call__(self, image: np.ndarray) -> FrameFaces:
         det = self.detector.detect(image)
         side = np.minimum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
@@ -124,7 +114,7 @@ class FaceEmbedder:
             feats = np.zeros((0, dim), np.float32)
             crops = np.zeros((0, size, size, 3), np.uint8)
         elif self.with_styles:
-            feats, styles = self._embed_with_styles(crops)
+            feats, styles = self.model.embed_with_styles(crops, self.style_stages)
         else:
             feats, _ = self.model.embed_aligned(crops)
         feats = np.asarray(feats, np.float32)

@@ -134,7 +134,7 @@ def _load_caface(options: VideoOptions, model: Any) -> Any:
         return None
     if options.fusion_weights is None:
         raise ConfigError("fusion 'caface' needs fusion_weights (--fusion-weights: a CAFace fusion weights file)")
-    from fuseface.nn.fusion import load_fusion
+    from fuseface.infer.fusion_file import load_fusion
 
     module = load_fusion(options.fusion_weights)
     if getattr(module, "num_clusters", None) is None:

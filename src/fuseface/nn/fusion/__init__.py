@@ -13,102 +13,37 @@ method             what                                                       ne
 ``caface``         cluster-and-aggregate with the chunked memory              ``styles``, ``model``
 =================  =========================================================  ======================
 
-**Fusion weights file** (what ``model`` may point to): a safetensors file written by
-:func:`save_fusion`, the state dict of the module plus metadata ``fuseface_fusion="1"``,
-``method`` (registry name) and ``kwargs`` (JSON constructor arguments) and ``extra`` (free JSON).
-:func:`load_fusion` rebuilds the module in eval mode. Loaded files are cached by path.
+``model`` is a fusion module. Fusion weights files (written and read by
+:mod:`fuseface.infer.fusion_file`) are opened by the callers: :func:`fuseface.fuse` accepts a
+file path and resolves it there, so this package never reads a file.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from fuseface.errors import CheckpointError
-
-__all__ = ["METHODS", "fuse_features", "load_fusion", "save_fusion"]
+__all__ = ["METHODS", "fuse_features"]
 
 #: The built-in methods; any ``fusion`` entry of :mod:`fuseface.registry` is accepted, user ones too.
 METHODS = ("average", "norm_weighted", "score_weighted", "self_attention", "caface")
-FUSION_FORMAT = "1"
-_CACHE: dict[tuple[str, float], nn.Module] = {}
-
-
-def fusion_kwargs(module: nn.Module) -> dict[str, Any]:
-    """Constructor arguments of a fusion module (``config`` for CAFace; simple attributes otherwise)."""
-    config = getattr(module, "config", None)
-    if isinstance(config, dict):
-        return dict(config)
-    if hasattr(module, "feature_dim") and hasattr(module, "num_heads"):  # SelfAttentionFusion
-        return {"feature_dim": module.feature_dim, "dim": module.proj.in_features, "num_heads": module.num_heads}
-    if hasattr(module, "keep_norm"):
-        return {"keep_norm": module.keep_norm, "detector_score": module.detector_score}
-    return {}
-
-
-def save_fusion(path: str | Path, module: nn.Module, method: str, extra: dict[str, Any] | None = None) -> Path:
-    """Write a fusion weights file (safetensors + metadata), atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # clone: the CAFace layout keeps one tensor under two keys (cfcs.0 / cfc), which safetensors refuses
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
-    meta = {
-        "fuseface_fusion": FUSION_FORMAT,
-        "method": method,
-        "kwargs": json.dumps(fusion_kwargs(module), sort_keys=True),
-        "extra": json.dumps(extra or {}, sort_keys=True, default=str),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
-
-
-def load_fusion(path: str | Path) -> nn.Module:
-    """Rebuild the fusion module stored by :func:`save_fusion` (eval mode; strict load)."""
-    from safetensors import SafetensorError, safe_open
-
-    from fuseface import registry
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: fusion weights file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors fusion file ({exc})") from exc
-    if meta.get("fuseface_fusion") != FUSION_FORMAT or "method" not in meta:
-        raise CheckpointError(f"{path}: not a fuseface fusion weights file (metadata {sorted(meta)})")
-    module = registry.create("fusion", meta["method"], **json.loads(meta.get("kwargs", "{}")))
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match {meta['method']}: {exc}") from exc
-    module.fusion_extra = json.loads(meta.get("extra", "{}"))
-    return module.eval()
 
 
 def _resolve_model(method: str, model: Any) -> nn.Module:
     from fuseface import registry
 
+    if isinstance(model, (str, Path)):
+        raise TypeError(
+            f"fuse_features takes a fusion module, not the file {model}; "
+            "use fuseface.fuse(..., model=path) or fuseface.infer.fusion_file.load_fusion(path)"
+        )
     if model is None:
         if method == "caface":
             raise ValueError("fusion 'caface' needs model= (a CAFace module or a fusion weights file)")
         return registry.create("fusion", method)
-    if isinstance(model, (str, Path)):
-        p = Path(model)
-        key = (str(p.resolve()), p.stat().st_mtime if p.exists() else 0.0)
-        if key not in _CACHE:
-            _CACHE[key] = load_fusion(p)
-        return _CACHE[key]
     return model
 
 
@@ -125,7 +60,8 @@ def fuse_features(
 
     ``features`` (N, D) un-normalised embeddings; ``styles`` (N, 384, 2) for CAFace; ``scores`` (N,)
     detector scores for ``score_weighted``; ``chunk_size`` the CAFace chunk (None = one chunk);
-    ``model`` a fusion module or a fusion weights file path (required for ``caface``). Extra
+    ``model`` a fusion module (required for ``caface``; :func:`fuseface.fuse` also takes a fusion
+    weights file path). Extra
     keywords go to the module's ``fuse`` (e.g. ``media=`` for ``score_weighted``). NaN rows are
     dropped with a warning; an empty probe raises :class:`fuseface.errors.DataError`.
     """

@@ -53,7 +53,19 @@ from torch import nn
 from fuseface.errors import DataError
 from fuseface.ops import l2_normalize
 
-__all__ = ["CAFace", "CAFaceMemory", "CAFaceOutput", "caface_small", "chunk_indices"]
+__all__ = ["CAFace", "CAFaceMemory", "CAFaceOutput", "caface_small", "chunk_indices", "stage_styles"]
+
+
+def stage_styles(stages: Sequence[torch.Tensor], which: Sequence[int] = (1, 2)) -> torch.Tensor:
+    """The style input of CAFace: (B, ΣC, 2) per-channel [mean, **unbiased** std] over the H·W
+    positions of ``stages[i]`` for ``i`` in ``which`` (METHODS.md §3.3, torch's default ``std``),
+    concatenated in stage order; ``which=(1, 2)`` (stage-2 and stage-3 outputs, 128 + 256
+    channels) gives the (B, 384, 2) the released weights read."""
+    parts = []
+    for i in which:
+        x = stages[i].flatten(2).float()
+        parts.append(torch.stack([x.mean(-1), x.std(-1, unbiased=True)], dim=-1))
+    return torch.cat(parts, dim=1)
 
 
 # --------------------------------------------------------------------------------------------

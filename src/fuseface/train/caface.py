@@ -28,7 +28,7 @@ The backbone is frozen and not even loaded: training reads a feature store
   ``bn_weight_decay = weight_decay`` for AdamW), MultiStep at epochs 6 and 9, 10 epochs, no
   gradient clipping (``optim.clip_grad_norm: 0``).
 
-The exported file is a fusion weights file (:func:`fuseface.nn.fusion.save_fusion`), usable as
+The exported file is a fusion weights file (:func:`fuseface.infer.fusion_file.save_fusion`), usable as
 ``model=`` of :func:`fuseface.nn.fusion.fuse_features` and ``fuseface eval ijb --fusion caface``.
 """
 
@@ -227,7 +227,7 @@ class CAFaceTask(BaseTask):
             exact_mass_normalisation=cc.exact_mass_normalisation,
         )
         if cc.init_from:
-            from fuseface.nn.fusion import load_fusion
+            from fuseface.infer.fusion_file import load_fusion
 
             caface.load_state_dict(load_fusion(cc.init_from).state_dict(), strict=True)
         return {"sets": CAFaceSetObjective(caface, cc.prefix_step)}
@@ -267,7 +267,7 @@ class CAFaceTask(BaseTask):
         }
 
     def export(self, modules: Mapping[str, nn.Module], path: Path) -> Path:
-        from fuseface.nn.fusion import save_fusion
+        from fuseface.infer.fusion_file import save_fusion
 
         objective = modules["sets"]
         objective = getattr(objective, "module", objective)

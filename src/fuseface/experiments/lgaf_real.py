@@ -50,8 +50,10 @@ __all__ = [
     "damage",
     "deform",
     "evaluate_modes",
+    "fit_fusion_weights",
     "make_pairs",
     "occlude",
+    "people_halves",
     "train_head",
     "trunk_features",
 ]
@@ -252,6 +254,76 @@ def train_head(
     return model.eval()
 
 
+def fit_fusion_weights(
+    model: FrozenTrunkLGAF,
+    features: TrunkFeatures,
+    labels: np.ndarray,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-2,
+    seed: int = 0,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> FrozenTrunkLGAF:
+    """Cross-fitting: a copy of a trained fused head whose LGF weights are re-learned on people the
+    branches never saw (``features`` / ``labels``), with both branches frozen.
+
+    Only the per-branch scale and bias of the normalised energies are trained (and the energy
+    statistics re-estimated), with ArcFace over these people on the fused embedding; the classifier
+    starts at the class means of the equal-weight fusion. Weights learned on the people the local
+    branch was trained on see that branch at its training-set best; these see it as a test does.
+    """
+    import copy
+
+    from fuseface.nn.losses.margin import ArcFace
+    from fuseface.nn.losses.partial_fc import PartialFC
+
+    torch.manual_seed(seed)
+    fitted = copy.deepcopy(model).eval()
+    head = fitted.head
+    head.mode = "fused"
+    for p in fitted.parameters():
+        p.requires_grad_(False)
+    head.quality_scale.requires_grad_(True)
+    head.quality_bias.requires_grad_(True)
+    head.quality_norm.num_batches_tracked.zero_()
+    with torch.inference_mode():
+        g_all = torch.from_numpy(features.global_).float()
+        l_all = torch.cat(
+            [head.local(torch.from_numpy(features.level[i : i + 512]).float()) for i in range(0, len(features), 512)]
+        )
+    g_all, l_all = g_all.clone(), l_all.clone()
+    _, y_idx = np.unique(labels, return_inverse=True)
+    y_all = torch.from_numpy(y_idx.astype(np.int64))
+    classes = int(y_all.max()) + 1
+    classifier = PartialFC(ArcFace(s=32.0, m=0.3), g_all.shape[1], classes, init_seed=seed, rank=0, world_size=1)
+    with torch.no_grad():
+        equal = F.normalize(F.normalize(g_all) + F.normalize(l_all))
+        centres = torch.zeros(classes, equal.shape[1]).index_add_(0, y_all, equal)
+        classifier.weight.copy_(F.normalize(centres))
+    params = [head.quality_scale, head.quality_bias, classifier.weight]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    n = len(y_all)
+    steps = max(1, n // batch_size)
+    head.quality_norm.train()
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        running = 0.0
+        for k in range(steps):
+            idx = torch.from_numpy(order[k * batch_size : (k + 1) * batch_size])
+            fused, _ = head.fuse(g_all[idx], l_all[idx])
+            loss = classifier(F.normalize(fused), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach())
+        if log is not None:
+            scale, bias = head.quality_scale.detach().tolist(), head.quality_bias.detach().tolist()
+            log({"epoch": epoch + 1, "loss": running / steps, "scale": scale, "bias": bias})
+    head.quality_norm.eval()
+    return fitted
+
+
 @torch.inference_mode()
 def embed_modes(model: FrozenTrunkLGAF, features: TrunkFeatures, batch_size: int = 512) -> dict[str, np.ndarray]:
     """Embeddings of every mode of one trained head, and its learned weights and raw branch
@@ -299,6 +371,13 @@ def make_pairs(labels: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarra
         a.append(int(rng.choice(by_person[keys[p1]]))), b.append(int(rng.choice(by_person[keys[p2]])))
         same.append(False)
     return np.asarray(a), np.asarray(b), np.asarray(same)
+
+
+def people_halves(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Boolean mask of the rows whose person falls in half A of a seeded split of the people."""
+    people = np.unique(labels)
+    chosen = np.random.default_rng([seed, 17]).permutation(people)[: len(people) // 2]
+    return np.isin(labels, chosen)
 
 
 def evaluate_modes(

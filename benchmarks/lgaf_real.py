@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     import fuseface
     from fuseface.align.similarity import template_points
     from fuseface.data.photo_sets import read_split
+    from fuseface.eval.verification import evaluate
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -269,12 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         models["equal"] = X.evaluate_modes(gallery["equal"], per_head["equal"], gi, pi, issame)["equal"]
         for name in ("fused_half_a", "fused_cross_fit"):
             models[name] = X.evaluate_modes(gallery[name], per_head[name], gi, pi, issame)["fused"]
+        # diagnostic, not a method: the fused head's two branches mixed with one constant weight
+        sweep = {}
+        for w in SWEEP:
+            mix_g = w * _unit(gallery["fused"]["global"]) + (1 - w) * _unit(gallery["fused"]["local"])
+            mix_p = w * _unit(per_head["fused"]["global"]) + (1 - w) * _unit(per_head["fused"]["local"])
+            sweep[f"{w:g}"] = float(evaluate(mix_g[gi], mix_p[pi], issame)["accuracy_mean"])
         probe_rows = np.unique(pi)
         rows.append(
             {
                 "kind": kind,
                 "strength": strength,
                 "models": models,
+                "constant_weight_sweep": sweep,
                 "weights": X.weight_summary(
                     per_head["fused"]["weights"][probe_rows], per_head["fused"]["energies"][probe_rows]
                 ),
@@ -310,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(results))
     print(f"wrote {out}")
     return 0
+
+
+SWEEP = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0)
 
 
 def subset(features: X.TrunkFeatures, rows: np.ndarray) -> X.TrunkFeatures:
@@ -349,6 +360,11 @@ def markdown(results: dict[str, Any]) -> str:
             + f" | {w['w_global_mean']:.3f} [{w['w_global_q10']:.3f}, {w['w_global_q90']:.3f}]"
             + f" | {wx['w_global_mean']:.3f} [{wx['w_global_q10']:.3f}, {wx['w_global_q90']:.3f}] |"
         )
+    lines += ["", "| probe | strength | " + " | ".join(f"w_global {w:g}" for w in SWEEP) + " |"]
+    lines.append("|---|---|" + "---|" * len(SWEEP))
+    for r in results["conditions"]:
+        cells = " | ".join(f"{100 * r['constant_weight_sweep'][f'{w:g}']:.2f}" for w in SWEEP)
+        lines.append(f"| {r['kind']} | {r['strength']:g} | {cells} |")
     return "\n".join(lines)
 
 

@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=200)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--pairs", type=int, default=600)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="result JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import fuseface
@@ -174,9 +175,9 @@ def main() -> None:
         print(f"  cosine int8 vs fp32 on {len(test)} real faces: min {cos.min():.4f}, mean {cos.mean():.4f}")
         if "lfw_10fold_accuracy" in entry:
             print(f"  LFW 10-fold on {entry['lfw_pairs']} pairs: {entry['lfw_10fold_accuracy']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -153,7 +153,13 @@ def plot(results: dict[str, Any], path: Path) -> list[Path]:
     for ax, kind in zip(axes, X.KINDS, strict=True):
         pts = [r for r in rows if r["kind"] in ("clean", kind)]
         xs = [r["strength"] for r in pts]
-        for label, key in (("global (dlib)", "global"), ("local", "local"), ("fused", "fused"), ("equal", "equal")):
+        for label, key in (
+            ("global (dlib)", "global"),
+            ("local", "local"),
+            ("fused", "fused"),
+            ("equal", "equal"),
+            ("fused, cross-fitted", "fused_cross_fit"),
+        ):
             ax.plot(xs, [100 * r["models"][key]["accuracy"] for r in pts], marker="o", label=label)
         ax.set_title(f"probe {kind}")
         ax.set_xlabel("strength")
@@ -169,8 +175,10 @@ def plot(results: dict[str, Any], path: Path) -> list[Path]:
         mean = np.array([r["weights"]["w_global_mean"] for r in pts])
         q10 = np.array([r["weights"]["w_global_q10"] for r in pts])
         q90 = np.array([r["weights"]["w_global_q90"] for r in pts])
-        ax.plot(xs, mean, marker=marker, label=kind)
-        ax.fill_between(xs, q10, q90, alpha=0.15)
+        line = ax.plot(xs, mean, marker=marker, label=f"{kind} (fused)")[0]
+        ax.fill_between(xs, q10, q90, alpha=0.15, color=line.get_color())
+        cross = [r["weights_cross_fit"]["w_global_mean"] for r in pts]
+        ax.plot(xs, cross, marker=marker, ls="--", color=line.get_color(), label=f"{kind} (cross-fitted)")
     ax.set_xlabel("damage strength of the probe")
     ax.set_ylabel("fused head: weight of the global branch")
     ax.set_title("learned LGF weights (mean, 10-90 % band)")
@@ -186,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     import fuseface
     from fuseface.align.similarity import template_points
     from fuseface.data.photo_sets import read_split
+    from fuseface.eval.verification import evaluate
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -201,18 +210,33 @@ def main(argv: list[str] | None = None) -> int:
     t_features = time.time() - t0
 
     curves: dict[str, list[dict[str, float]]] = {}
-    heads = {}
-    for mode in ("local", "fused", "equal"):
-        curves[mode] = []
+    heads: dict[str, X.FrozenTrunkLGAF] = {}
+    labels = meta["labels"]
+    a_side = X.people_halves(labels, seed=args.seed)
+    jobs = [(m, m, np.ones(len(labels), bool)) for m in ("local", "fused", "equal")]
+    jobs.append(("fused_half_a", "fused", a_side))
+    for name, mode, rows_ in jobs:
+        path = cache / f"head_{name}_l{args.level}_k{args.train_copies}_e{args.epochs}_s{args.seed}.pt"
         t = time.time()
-        heads[mode] = X.train_head(
-            train, meta["labels"], mode, epochs=args.epochs, seed=args.seed, log=curves[mode].append
+        if path.is_file():
+            heads[name], curves[name] = load_head(path, train, labels, mode)
+            continue
+        curves[name] = []
+        _, y = np.unique(labels[rows_], return_inverse=True)
+        heads[name] = X.train_head(
+            subset(train, rows_), y, mode, epochs=args.epochs, seed=args.seed, log=curves[name].append
         )
+        save_head(path, heads[name], curves[name])
         print(
-            f"trained {mode}: loss {curves[mode][0]['loss']:.3f} -> {curves[mode][-1]['loss']:.3f}"
+            f"trained {name}: loss {curves[name][0]['loss']:.3f} -> {curves[name][-1]['loss']:.3f}"
             f" in {time.time() - t:.0f} s",
             flush=True,
         )
+    curves["cross_fit"] = []
+    heads["fused_cross_fit"] = X.fit_fusion_weights(
+        heads["fused_half_a"], subset(train, ~a_side), labels[~a_side], seed=args.seed, log=curves["cross_fit"].append
+    )
+    print(f"cross-fitted LGF weights: {curves['cross_fit'][-1]}", flush=True)
 
     embedded = {cond: {m: X.embed_modes(h, f) for m, h in heads.items()} for cond, f in test.items()}
     gallery = embedded[("clean", 0.0)]
@@ -244,14 +268,27 @@ def main(argv: list[str] | None = None) -> int:
         models["fused_model_local_only"] = glob["local"]
         models["local"] = X.evaluate_modes(gallery["local"], per_head["local"], gi, pi, issame)["local"]
         models["equal"] = X.evaluate_modes(gallery["equal"], per_head["equal"], gi, pi, issame)["equal"]
+        for name in ("fused_half_a", "fused_cross_fit"):
+            models[name] = X.evaluate_modes(gallery[name], per_head[name], gi, pi, issame)["fused"]
+        # diagnostic, not a method: the fused head's two branches mixed with one constant weight
+        sweep = {}
+        for w in SWEEP:
+            mix_g = w * _unit(gallery["fused"]["global"]) + (1 - w) * _unit(gallery["fused"]["local"])
+            mix_p = w * _unit(per_head["fused"]["global"]) + (1 - w) * _unit(per_head["fused"]["local"])
+            sweep[f"{w:g}"] = float(evaluate(mix_g[gi], mix_p[pi], issame)["accuracy_mean"])
         probe_rows = np.unique(pi)
         rows.append(
             {
                 "kind": kind,
                 "strength": strength,
                 "models": models,
+                "constant_weight_sweep": sweep,
                 "weights": X.weight_summary(
                     per_head["fused"]["weights"][probe_rows], per_head["fused"]["energies"][probe_rows]
+                ),
+                "weights_cross_fit": X.weight_summary(
+                    per_head["fused_cross_fit"]["weights"][probe_rows],
+                    per_head["fused_cross_fit"]["energies"][probe_rows],
                 ),
                 "cos_to_clean_global": float(
                     np.mean(np.sum(_unit(test[(kind, strength)].global_) * _unit(test[("clean", 0.0)].global_), axis=1))
@@ -283,6 +320,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SWEEP = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0)
+
+
+def subset(features: X.TrunkFeatures, rows: np.ndarray) -> X.TrunkFeatures:
+    return X.TrunkFeatures(features.global_[rows], features.level[rows])
+
+
+def save_head(path: Path, head: X.FrozenTrunkLGAF, curve: list[dict[str, float]]) -> None:
+    torch.save({"state": head.state_dict(), "curve": curve}, path)
+
+
+def load_head(path: Path, train: X.TrunkFeatures, labels: np.ndarray, mode: str):
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    _, channels, size, _ = train.level.shape
+    head = X.FrozenTrunkLGAF(channels, size, train.global_.shape[1], mode=mode)
+    head.load_state_dict(blob["state"])
+    return head.eval(), blob["curve"]
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
@@ -290,18 +346,25 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def markdown(results: dict[str, Any]) -> str:
     head = (
         "| probe | strength | cos to clean | global (dlib) | local | fused | equal | fused, local only"
-        " | w_global (fused) |"
+        " | fused (half A) | fused, cross-fitted | w_global fused | w_global cross-fitted |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = ("global", "local", "fused", "equal", "fused_model_local_only", "fused_half_a", "fused_cross_fit")
     for r in results["conditions"]:
         m = r["models"]
-        acc = [f"{100 * m[k]['accuracy']:.2f}" for k in ("global", "local", "fused", "equal", "fused_model_local_only")]
-        w = r["weights"]
+        acc = [f"{100 * m[k]['accuracy']:.2f}" for k in keys]
+        w, wx = r["weights"], r["weights_cross_fit"]
         lines.append(
             f"| {r['kind']} | {r['strength']:g} | {r['cos_to_clean_global']:.3f} | "
             + " | ".join(acc)
-            + f" | {w['w_global_mean']:.3f} [{w['w_global_q10']:.3f}, {w['w_global_q90']:.3f}] |"
+            + f" | {w['w_global_mean']:.3f} [{w['w_global_q10']:.3f}, {w['w_global_q90']:.3f}]"
+            + f" | {wx['w_global_mean']:.3f} [{wx['w_global_q10']:.3f}, {wx['w_global_q90']:.3f}] |"
         )
+    lines += ["", "| probe | strength | " + " | ".join(f"w_global {w:g}" for w in SWEEP) + " |"]
+    lines.append("|---|---|" + "---|" * len(SWEEP))
+    for r in results["conditions"]:
+        cells = " | ".join(f"{100 * r['constant_weight_sweep'][f'{w:g}']:.2f}" for w in SWEEP)
+        lines.append(f"| {r['kind']} | {r['strength']:g} | {cells} |")
     return "\n".join(lines)
 
 

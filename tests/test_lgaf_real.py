@@ -97,3 +97,19 @@ def test_head_on_real_trunk(real_model, shared_data: Path, tmp_path: Path) -> No
     np.testing.assert_allclose(modes["weights"].sum(axis=1), 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="frozen trunk"):
         X.train_head(feats, labels, "global")
+
+    # cross-fitting re-learns only the LGF scale / bias; the branches stay as trained
+    halves = X.people_halves(labels, seed=0)
+    assert 0 < halves.sum() < len(labels)
+    assert not set(labels[halves]) & set(labels[~halves])
+    fitted = X.fit_fusion_weights(head, feats, labels, epochs=3, batch_size=4)
+    before, after = head.state_dict(), fitted.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= {
+        "head.quality_scale",
+        "head.quality_bias",
+        "head.quality_norm.running_mean",
+        "head.quality_norm.running_var",
+        "head.quality_norm.num_batches_tracked",
+    }
+    assert np.isfinite(X.embed_modes(fitted, feats)["fused"]).all()

@@ -398,7 +398,11 @@ class LGAFHead(nn.Module):
             aux = {"weights": weights, "energies": torch.stack([nan, l.norm(dim=1)], dim=1), "local": l}
             aux["aux_embeddings"] = {"local": l}
             return l, aux
+        return self.fuse(g, l)
 
+    def fuse(self, g: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """LGF on given branch embeddings (B, D) each: the weights (``fused`` or ``equal``) and the
+        fused embedding, as :meth:`forward` computes them after running the branches."""
         lgf = self.branch_weights(g, l)
         w = lgf["weights"]
         norms = lgf["energies"].clamp_min(1e-12)

@@ -49,9 +49,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         detect: bool = typer.Option(None, "--detect/--no-detect", help="Force / forbid detection (default: auto)."),
         batch_size: int = typer.Option(64, help="Batch size."),
         workers: int = typer.Option(
-            None, help="Detection worker processes (default: the cores minus one); 0: all in this process."
+            None, help="Detection worker processes (default: 3/4 of the cores); 0: all in this process."
         ),
-        threads: int = typer.Option(None, help="Torch threads of the embedding process (default: torch's)."),
+        threads: int = typer.Option(
+            None, help="Torch threads of the embedding process (default: the cores the workers leave, at least 1)."
+        ),
     ) -> None:
         """Embed photos (detect + align) or crops; writes un-normalised embeddings and their norms.
 

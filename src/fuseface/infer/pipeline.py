@@ -75,14 +75,26 @@ class PreparedPhoto:
     error: str = ""
 
 
-def default_workers() -> int:
-    """Worker processes for :func:`embed_files`: the usable cores minus one for the embedding
-    process (at least 1, at most 8)."""
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform tells)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores - 1, 8))
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Worker processes for :func:`embed_files`: three quarters of the usable cores, rounded (at
+    least 1). Preparing a photo costs about three times the CPU of embedding its crop with the
+    dlib ResNet (``benchmarks/embed_pipeline.py``), so this share keeps both sides busy; on 2
+    cores it gives 2 workers and the embedding shares the cores with them."""
+    return max(1, int(usable_cores() * 3 / 4 + 0.5))
+
+
+def default_embed_threads(workers: int) -> int:
+    """Torch threads of the embedding process next to ``workers`` workers: the cores they leave
+    (at least 1)."""
+    return max(1, usable_cores() - workers)
 
 
 def default_start_method() -> str:
@@ -331,7 +343,8 @@ def embed_files(
         workers: detection processes (default :func:`default_workers`); 0 runs everything here.
         batch_size: photos per embedding batch and per journal file.
         journal: folder for the incremental results (resume); None keeps everything in memory.
-        threads: torch threads of the embedding (this) process during the run (default: unchanged).
+        threads: torch threads of the embedding (this) process during the run (default: unchanged
+            with ``workers=0``, else :func:`default_embed_threads`).
         detector: zero-argument factory of the face detector, picklable (default: the registry's
             ``mtcnn`` with its default settings, :class:`fuseface.align.mtcnn.MTCNN`).
         max_in_flight: units submitted to the workers and not yet collected (default: one batch's
@@ -384,6 +397,8 @@ def embed_files(
 
         bar = tqdm(total=n, initial=sum(len(b.errors) for b in done.values()), desc="embedding", unit="photo")
     old_threads = torch.get_num_threads()
+    if threads is None and workers > 0 and todo:
+        threads = default_embed_threads(workers)
     if threads is not None:
         torch.set_num_threads(int(threads))
     executor: ProcessPoolExecutor | None = None

@@ -182,6 +182,10 @@ def main() -> None:
         record("prepare alone (decode+detect+align)", {"photos_per_s": n / wall})
         wall, _, _ = timed(lambda: fm.embed_aligned(stack, batch_size=args.batch_size))
         record("embed alone (aligned crops)", {"photos_per_s": len(crops) / wall})
+        torch.set_num_threads(1)
+        wall, _, _ = timed(lambda: fm.embed_aligned(stack, batch_size=args.batch_size))
+        record("embed alone, 1 thread", {"photos_per_s": len(crops) / wall})
+        torch.set_num_threads(args.threads)
         record("prepare alone, 2 worker processes", prepare_in_workers(paths, fm, 2, args.batch_size))
         record("serial (workers=0)", pipelined(fm, paths, 0, args.batch_size, args.threads))
         record("pipelined, 1 worker, embed 1 thread", pipelined(fm, paths, 1, args.batch_size, 1))
@@ -189,12 +193,16 @@ def main() -> None:
         record("pipelined, 2 workers, embed 2 threads", pipelined(fm, paths, 2, args.batch_size, 2))
 
     medians = {name: {k: statistics.median(v[k] for v in vals) for k in vals[0]} for name, vals in runs.items()}
-    # each stage at its best with the whole machine: prepare in-process or in 2 workers
+    # each stage at its best with the whole machine (in-process with --threads or 1 thread, or
+    # prepare in 2 worker processes): on a loaded machine 2 torch threads can be slower than 1
     prepare_best = max(
         medians["prepare alone (decode+detect+align)"]["photos_per_s"],
         medians["prepare alone, 2 worker processes"]["photos_per_s"],
     )
-    slowest = min(prepare_best, medians["embed alone (aligned crops)"]["photos_per_s"])
+    embed_best = max(
+        medians["embed alone (aligned crops)"]["photos_per_s"], medians["embed alone, 1 thread"]["photos_per_s"]
+    )
+    slowest = min(prepare_best, embed_best)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     bound = cores / (cpu_per_photo["prepare"] + cpu_per_photo["embed"])
     load_after, gflops_after = os.getloadavg(), matmul_gflops(args.threads)

@@ -61,7 +61,9 @@ def serial(real_model, paths: list[Path]):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def in_process(real_model, paths: list[Path]):  # type: ignore[no-untyped-def]
-    return embed_files(real_model, paths, workers=0, batch_size=8, unit_size=4)
+    """Everything in this process; embedding on 1 thread, as every run it is compared with bit for
+    bit (a different thread count changes float rounding, not the photos or crops)."""
+    return embed_files(real_model, paths, workers=0, batch_size=8, unit_size=4, threads=1)
 
 
 def _bad(paths: list[Path]) -> set[int]:
@@ -92,7 +94,7 @@ def test_in_process_pipeline_equals_the_serial_embedder(serial, in_process, path
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_output_does_not_depend_on_the_worker_count(real_model, in_process, paths: list[Path], workers: int) -> None:
-    got = embed_files(real_model, paths, workers=workers, batch_size=8, unit_size=4, max_in_flight=3)
+    got = embed_files(real_model, paths, workers=workers, batch_size=8, unit_size=4, max_in_flight=3, threads=1)
     np.testing.assert_array_equal(got.embeddings, in_process.embeddings)
     assert got.errors == in_process.errors
     np.testing.assert_array_equal(np.asarray(got.boxes[0]), np.asarray(in_process.boxes[0]))
@@ -100,7 +102,7 @@ def test_output_does_not_depend_on_the_worker_count(real_model, in_process, path
 
 def test_resume_after_stopping_equals_an_uninterrupted_run(real_model, in_process, paths, tmp_path: Path) -> None:
     journal = tmp_path / "e.npz.parts"
-    kw = {"batch_size": 8, "unit_size": 4, "journal": journal}
+    kw = {"batch_size": 8, "unit_size": 4, "journal": journal, "threads": 1}
     assert embed_files(real_model, paths, workers=1, limit_batches=2, **kw) is None
     written = sorted(journal.glob("batch-*.npz"))
     assert [p.name for p in written] == ["batch-000000.npz", "batch-000001.npz"]

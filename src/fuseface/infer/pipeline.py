@@ -8,7 +8,9 @@ so :func:`embed_files` overlaps them:
   embedding batches, and the journal's unit), each cut into *units* of ``unit_size`` consecutive
   photos (the detection batches: the fast MTCNN engine runs R-/O-Net once per unit,
   :meth:`fuseface.align.mtcnn.MTCNN.detect_batch`). Both cuts depend only on the photos' indices,
-  never on the number of workers or their timing, so the output does not either.
+  never on the number of workers or their timing, so the output does not either: it is the same
+  bit for bit for any worker count at the same embedding thread count (another thread count
+  changes the float rounding of the network, never which photos or crops are embedded).
 * **Workers.** ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``, start method
   ``forkserver`` by default on Linux: the workers never inherit the main process's OpenMP
   threads, which forking after torch has run a parallel op would break) each build the detector
@@ -173,10 +175,14 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(detector_factory: Callable[[], FaceDetector]) -> None:
     """Worker initialiser: one thread for torch, OpenCV and (through torch's count, see
-    :mod:`fuseface.align.mtcnn_fast`) ONNX Runtime; the detector is built on first need."""
+    :mod:`fuseface.align.mtcnn_fast`) ONNX Runtime; the detector is built on first need. Ctrl-C
+    is left to the main process, which shuts the workers down."""
+    import signal
+
     import cv2
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     _WORKER["detector"] = detector_factory

@@ -497,7 +497,7 @@ def _describe(factory: Callable[..., Any]) -> str:
 
 #: Imported once by the fork server, so that each worker forked from it starts without importing
 #: them again (importing starts no threads; the nets are built in each worker).
-_PRELOAD = ("fuseface.infer.pipeline", "fuseface.align.mtcnn", "fuseface.align.mtcnn_fast", "torch.onnx", "onnxruntime")
+_PRELOAD = ("fuseface.infer.pipeline", "fuseface.align.mtcnn", "fuseface.align.mtcnn_fast", "onnxruntime", "cv2")
 
 
 def _context(method: str) -> Any:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import require_or_skip
+from conftest import require_module, require_or_skip
 from fuseface.align.mtcnn import MTCNN
 from fuseface.align.mtcnn_fast import area_resize, integral_image, resize_whole
 from fuseface.align.pipeline import read_photo
@@ -96,3 +96,22 @@ def test_fast_engine_with_grey_and_downscaled_images(engines, shared_data: Path)
         reference.max_side = fast.max_side = 1600
     assert len(fast.detect(np.zeros((8, 8, 3), np.uint8))) == 0  # smaller than one P-Net cell
     assert fast.detect_batch([]) == []
+
+
+def test_exported_nets_are_cached_and_a_damaged_file_is_replaced(engines, shared_data: Path, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from fuseface.align.weights import mtcnn_dir
+
+    require_module("onnxruntime", "FUSEFACE_REQUIRE_ONNX")
+    weights = mtcnn_dir()
+    monkeypatch.setenv("FUSEFACE_CACHE", str(tmp_path))
+    image = read_photo(sorted((shared_data / "lfw" / "lfw-deepfunneled" / "Aaron_Sorkin").glob("*.jpg"))[0])
+    first = MTCNN(weights_dir=weights).detect(image)
+    cached = sorted((tmp_path / "onnx" / "mtcnn").glob("*.onnx"))
+    assert [p.name.split("-")[0] for p in cached] == ["onet", "pnet", "rnet"]
+    onet = cached[0]
+    onet.write_bytes(b"not an onnx model")
+    again = MTCNN(weights_dir=weights).detect(image)  # reads pnet/rnet back, exports onet again
+    assert onet.stat().st_size > 1000
+    np.testing.assert_array_equal(again.boxes, first.boxes)
+    np.testing.assert_array_equal(again.landmarks, first.landmarks)
+    _assert_same(engines[0].detect(image), again, "from the cache")

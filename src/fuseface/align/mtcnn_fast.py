@@ -160,30 +160,18 @@ class _Nets:
         if name not in self.sessions:
             import onnxruntime as ort
 
-            net = self.torch_nets[name]
-            size = {"pnet": 12, "rnet": 24, "onet": 48}[name]
-            axes = {0: "batch", 2: "height", 3: "width"} if name == "pnet" else {0: "batch"}
-            outputs = {"pnet": ["maps"], "rnet": ["offsets", "prob"], "onet": ["offsets", "landmarks", "prob"]}[name]
-            buf = io.BytesIO()
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    net.eval(),
-                    (torch.zeros(2, 3, size, size),),
-                    buf,
-                    dynamo=False,
-                    opset_version=17,
-                    input_names=["input"],
-                    output_names=outputs,
-                    dynamic_axes={"input": axes, **{o: {0: "batch"} for o in outputs}},
-                )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = max(1, torch.get_num_threads())
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
-            self.sessions[name] = ort.InferenceSession(
-                buf.getvalue(), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            providers = ["CPUExecutionProvider"]
+            try:
+                session = ort.InferenceSession(_cached_export(name, self.torch_nets[name]), opts, providers=providers)
+            except Exception:  # a damaged cached file: export again, replacing it
+                session = ort.InferenceSession(
+                    _cached_export(name, self.torch_nets[name], refresh=True), opts, providers=providers
+                )
+            self.sessions[name] = session
         return self.sessions[name]
 
     def __call__(self, name: str, x: np.ndarray) -> list[np.ndarray]:
@@ -192,6 +180,66 @@ class _Nets:
         with torch.inference_mode():
             out = self.torch_nets[name](torch.from_numpy(x))
             return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _export(name: str, net: nn.Module) -> bytes:
+    """One of the three nets as an ONNX model (opset 17, dynamic batch; P-Net also dynamic size)."""
+    size = {"pnet": 12, "rnet": 24, "onet": 48}[name]
+    axes = {0: "batch", 2: "height", 3: "width"} if name == "pnet" else {0: "batch"}
+    outputs = {"pnet": ["maps"], "rnet": ["offsets", "prob"], "onet": ["offsets", "landmarks", "prob"]}[name]
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(2, 3, size, size),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=outputs,
+            dynamic_axes={"input": axes, **{o: {0: "batch"} for o in outputs}},
+        )
+    return buf.getvalue()
+
+
+def _cached_export(name: str, net: nn.Module, refresh: bool = False) -> bytes:
+    """:func:`_export`, kept in ``$FUSEFACE_CACHE/onnx/mtcnn`` so that a new process (a CLI run, a
+    worker of the pipelined embedder) does not export again (about a second per net).
+
+    The file name is a hash of everything the export depends on: the net's weights, the source of
+    this module and of :mod:`fuseface.align.mtcnn` (the graph), the torch version. ``refresh``
+    exports again and replaces the file (the caller does when ONNX Runtime refuses a cached one);
+    a cache that cannot be written is skipped.
+    """
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from fuseface.align import mtcnn
+    from fuseface.align.weights import cache_root
+
+    h = hashlib.sha256(f"{name} {torch.__version__}".encode())
+    h.update(Path(__file__).read_bytes())
+    h.update(Path(mtcnn.__file__).read_bytes())
+    for key, tensor in net.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = cache_root() / "onnx" / "mtcnn" / f"{name}-{h.hexdigest()[:20]}.onnx"
+    if not refresh and path.is_file():
+        try:
+            return path.read_bytes()
+        except OSError:
+            pass
+    data = _export(name, net)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return data
 
 
 class FastCascade:

@@ -51,19 +51,43 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         flip: bool = typer.Option(False, help="Add the embedding of the mirrored crop (flip-sum)."),
         detect: bool = typer.Option(None, "--detect/--no-detect", help="Force / forbid detection (default: auto)."),
         batch_size: int = typer.Option(64, help="Batch size."),
+        workers: int = typer.Option(
+            None, help="Detection worker processes (default: 3/4 of the cores); 0: all in this process."
+        ),
+        threads: int = typer.Option(
+            None, help="Torch threads of the embedding process (default: the cores the workers leave, at least 1)."
+        ),
     ) -> None:
-        """Embed photos (detect + align) or crops; writes un-normalised embeddings and their norms."""
-        import numpy as np
+        """Embed photos (detect + align) or crops; writes un-normalised embeddings and their norms.
+
+        Detection runs in worker processes while this one embeds; finished batches go to
+        OUT.parts/ as the run goes, so an interrupted run started again with the same arguments
+        resumes where it stopped (the folder is removed once OUT is written)."""
+        from fuseface.infer.pipeline import embed_files, journal_for, output_path, remove_journal, save_embeddings
 
         paths = [p for item in images for p in (_gallery_images(item) if item.is_dir() else [item])]
         fm = _load(model)
-        res = fm.embed_photos(paths, batch_size=batch_size, flip=flip, detect=detect, progress=len(paths) > 20)
+        out = output_path(out)
+        journal = journal_for(out)
+        res = embed_files(
+            fm,
+            paths,
+            workers=workers,
+            batch_size=batch_size,
+            flip=flip,
+            detect=detect,
+            journal=journal,
+            progress=len(paths) > 20,
+            threads=threads,
+        )
         _report_errors(res.errors)
         if not res.ok.any():
             from fuseface.errors import DataError
 
+            remove_journal(journal)
             raise DataError(f"no usable photo among {len(paths)} ({', '.join(str(p) for p in paths[:3])} ...)")
-        np.savez(out, embeddings=res.embeddings, norms=res.norms, paths=np.asarray([str(p) for p in paths]), ok=res.ok)
+        save_embeddings(out, res, paths)
+        remove_journal(journal)
         typer.echo(f"wrote {out}: {int(res.ok.sum())}/{len(paths)} embedded, dim {res.embeddings.shape[1]}")
 
     @app.command("compare")

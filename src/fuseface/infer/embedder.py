@@ -182,26 +182,14 @@ class FaceModel:
         ``detect=None`` detects only when the input is not already an ``input_size`` square crop.
         Raises :class:`DataError` naming the input when it cannot be read or holds no face.
         """
-        from fuseface.align.pipeline import align_detections, read_photo
+        from fuseface.infer.pipeline import prepare_photos
 
-        name = str(item) if isinstance(item, (str, Path)) else "<array>"
-        image = read_photo(item) if isinstance(item, (str, Path)) else np.asarray(item)
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-            raise DataError(f"{name}: expected a uint8 H x W x 3 RGB image, got {image.dtype} {image.shape}")
-        image = image[:, :, :3]
-        size = self.input_size
-        is_crop = image.shape[0] == size and image.shape[1] == size
-        if detect is False or (detect is None and is_crop):
-            if not is_crop:
-                raise DataError(f"{name}: not a {size}x{size} aligned crop (shape {image.shape}); use detect=True")
-            return np.ascontiguousarray(image), None
-        det = self.detector.detect(image)
-        faces = align_detections(image, det, policy=policy, size=size, template=self.template)
-        if not faces:
-            raise DataError(f"{name}: no face detected")
-        return faces[0].crop, faces[0]
+        (prepared,) = prepare_photos(
+            [item], lambda: self.detector, self.input_size, self.template, detect=detect, policy=policy
+        )
+        if prepared.error:
+            raise DataError(prepared.error)
+        return prepared.crop, prepared.face
 
     def embed_photos(
         self,

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from fuseface.cli.options import flip_option, fusion_option, model_option, out_option
+from fuseface.cli.options import flip_option, fusion_option, model_option, out_option, progress_option
 
 MODEL_DEFAULT = "default: dlib-resnet (after `fuseface models fetch dlib-resnet`)"
 MODEL_HELP = (
@@ -46,9 +46,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("embed")
     def embed(
         images: list[Path] = typer.Argument(..., help="Photos or aligned crops (files or folders)."),
-        model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-        out: Path = typer.Option(Path("embeddings.npz"), help="Output .npz: embeddings, norms, paths, ok."),
-        flip: bool = typer.Option(False, help="Add the embedding of the mirrored crop (flip-sum)."),
+        model: Path = model_option(None, MODEL_DEFAULT),
+        out: Path = out_option(Path("embeddings.npz"), "an .npz with embeddings, norms, paths, ok"),
+        flip: bool = flip_option(False),
+        progress: bool = progress_option(True),
         detect: bool = typer.Option(None, "--detect/--no-detect", help="Force / forbid detection (default: auto)."),
         batch_size: int = typer.Option(64, help="Batch size."),
         workers: int = typer.Option(
@@ -62,7 +63,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         Detection runs in worker processes while this one embeds; finished batches go to
         OUT.parts/ as the run goes, so an interrupted run started again with the same arguments
-        resumes where it stopped (the folder is removed once OUT is written)."""
+        resumes where it stopped (the folder is removed once OUT is written).
+
+        \b
+        Example: fuseface embed photos/ -o emb.npz --workers 2"""
         from fuseface.infer.pipeline import embed_files, journal_for, output_path, remove_journal, save_embeddings
 
         paths = [p for item in images for p in (_gallery_images(item) if item.is_dir() else [item])]
@@ -77,7 +81,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             flip=flip,
             detect=detect,
             journal=journal,
-            progress=len(paths) > 20,
+            progress=progress and len(paths) > 20,
             threads=threads,
         )
         _report_errors(res.errors)

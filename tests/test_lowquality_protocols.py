@@ -182,3 +182,15 @@ def test_ijbs_caface_fusion_uses_the_styles(tmp_path: Path) -> None:
     expected = two_gallery_identification(templates(t.probe_rows), t.probe_subjects, gals)
     assert got["cmc"] == {str(k): v for k, v in expected["cmc"].items()}
     assert got["tpir_at_fpir"] == {str(k): v for k, v in expected["tpir_at_fpir"].items()}
+
+
+@pytest.mark.parametrize("row", ["frames/1/videos", "frames/1/videos_"])
+def test_ijbs_cut_video_row_is_refused_with_its_row(row: str) -> None:
+    """A list row cut inside a video frame name names the list and the row, instead of a wrong key."""
+    from fuseface.data.ijbs import image_keys
+    from fuseface.errors import ProtocolFileError
+
+    rows = ["frames/1/videos_101_0.jpg", "frames/1/img_7.jpg", row]
+    assert image_keys(rows[:2]) == {"1_videos_101": [0], "1_img_7": [1]}
+    with pytest.raises(ProtocolFileError, match=r"list.txt:3: .*not a video frame name"):
+        image_keys(rows, "list.txt")

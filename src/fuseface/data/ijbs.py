@@ -67,14 +67,22 @@ def _key(subject: int, media: str) -> str:
     return f"{subject}_{folder}_{os.path.splitext(name)[0]}"
 
 
-def image_keys(image_list: list[str]) -> dict[str, list[int]]:
-    """PFE ``initialize_indices``: template key -> rows of the image list."""
+def image_keys(image_list: list[str], source: str = "image list") -> dict[str, list[int]]:
+    """PFE ``initialize_indices``: template key -> rows of the image list.
+
+    A video frame is named ``videos_<video>_<frame>``; a row that starts with ``videos`` but lacks
+    the video part (a cut or foreign list) is a :class:`ProtocolFileError` naming ``source`` and the
+    row, not a silent wrong key."""
     out: dict[str, list[int]] = {}
     for i, path in enumerate(image_list):
         subject = os.path.basename(os.path.dirname(path))
         name = os.path.basename(path)
         if name.startswith("videos"):
             parts = name.split("_")
+            if len(parts) < 2 or not parts[1]:
+                raise ProtocolFileError(
+                    f"{source}:{i + 1}: {path!r} is not a video frame name (videos_<video>_<frame>)"
+                )
             key = f"{subject}_{parts[0]}_{parts[1]}"
         elif name.startswith("img"):
             key = f"{subject}_{os.path.splitext(name)[0]}"
@@ -100,7 +108,7 @@ def load_ijbs(protocol_dir: str | Path, image_list: list[str], protocol: str) ->
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown IJB-S protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
     pdir = Path(protocol_dir)
-    rows_of = image_keys(image_list)
+    rows_of = image_keys(image_list, "the IJB-S image list")
     meta = pdir / "cs6_metadata.csv"
     videos: list[tuple[int, str]] = []
     seen = set()

@@ -37,6 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from fuseface.experiments import lgaf_real as X  # noqa: E402
+from fuseface.ops import l2_normalize  # noqa: E402
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return l2_normalize(x, dtype=None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -337,10 +342,6 @@ def load_head(path: Path, train: X.TrunkFeatures, labels: np.ndarray, mode: str)
     head = X.FrozenTrunkLGAF(channels, size, train.global_.shape[1], mode=mode)
     head.load_state_dict(blob["state"])
     return head.eval(), blob["curve"]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -532,7 +532,7 @@ def _to_canvas_matrix(m: np.ndarray, k: float) -> np.ndarray:
     return (a @ full @ np.linalg.inv(a))[:2]
 
 
-def _deformation_field(shape: tuple[int, int], amplitude: float, rng: np.random.Generator) -> np.ndarray:
+def smooth_displacement_field(shape: tuple[int, int], amplitude: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth displacement field (canvas pixels), shape (H, W, 2): a 4x4 random grid, bicubic."""
     coarse = rng.uniform(-1, 1, (4, 4, 2)).astype(np.float32)
     field = cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
@@ -558,7 +558,7 @@ def _render(ident: Identity, nz: Nuisance, rng: np.random.Generator, image_size:
     # Elastic deformation: output(p) = input(p + d(p)); a landmark L moves to the p with p + d(p) = L,
     # found by fixed-point iteration (d is smooth and small, so it contracts quickly).
     if nz.deformation > 0:
-        d = _deformation_field((side, side), 6.0 * nz.deformation * k, rng)
+        d = smooth_displacement_field((side, side), 6.0 * nz.deformation * k, rng)
         gx = np.arange(side, dtype=np.float32)
         canvas = cv2.remap(
             canvas,

@@ -109,10 +109,10 @@ def deform(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.n
     ``out(p) = image(p + d(p))``; ``d`` is a 4 x 4 grid of U(-1, 1) vectors resized bicubically to the
     crop, scaled to the amplitude; borders reflect.
     """
+    from fuseface.data.synthetic import smooth_displacement_field
+
     h, w = image.shape[:2]
-    amplitude = float(strength) * 0.1 * max(h, w)
-    coarse = rng.uniform(-1, 1, (4, 4, 2)).astype(np.float32)
-    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) * np.float32(amplitude)
+    field = smooth_displacement_field((h, w), float(strength) * 0.1 * max(h, w), rng)
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(image, gx + field[..., 0], gy + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
 

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from fuseface.data import images
-from fuseface.data.images import TruncatedImageWarning, decode_image, encode_jpeg, is_truncated_jpeg, read_image
+from fuseface.data.images import (
+    TruncatedImageWarning,
+    decode_image,
+    encode_jpeg,
+    is_truncated_jpeg,
+    read_image,
+    swap_red_blue,
+)
 from fuseface.errors import DataError
 
 TRUNCATED = "lfw/lfw-deepfunneled/Zydrunas_Ilgauskas/Zydrunas_Ilgauskas_0001.jpg"
@@ -33,6 +40,15 @@ def test_channel_order_rgb_and_bgr() -> None:
     assert np.array_equal(decode_image(data, channel_order="bgr"), bgr)
     with pytest.raises(ValueError, match="channel_order"):
         decode_image(data, channel_order="rbg")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_swap_red_blue_reverses_the_channels_exactly(dtype: type) -> None:
+    image = (np.random.default_rng(1).random((9, 6, 3)) * 250).astype(dtype)
+    for view in (image, image[:, ::2], image[::-1]):
+        swapped = swap_red_blue(view)
+        assert swapped.dtype == view.dtype and swapped.flags.c_contiguous
+        assert np.array_equal(swapped, view[..., ::-1])
 
 
 def test_grey_16bit_and_alpha_pngs_become_uint8_three_channels() -> None:

@@ -36,6 +36,18 @@ def test_hflip_exact() -> None:
     assert np.array_equal(hflip(flipped), image)
 
 
+@pytest.mark.parametrize("shape", [(7, 5), (7, 5, 1), (7, 5, 3), (7, 5, 4), (7, 5, 6)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, np.int64])
+def test_hflip_equals_the_reversed_view_for_every_dtype_shape_and_stride(shape: tuple[int, ...], dtype: type) -> None:
+    """The cv2 fast path and the numpy fallback give ``image[:, ::-1]`` exactly, with shape and
+    dtype kept, also for strided (non-contiguous) inputs."""
+    image = (np.random.default_rng(0).random(shape) * 200).astype(dtype)
+    for view in (image, image[:, ::2], image[::-1]):
+        flipped = hflip(view)
+        assert flipped.dtype == view.dtype and flipped.shape == view.shape and flipped.flags.c_contiguous
+        assert np.array_equal(flipped, view[:, ::-1])
+
+
 def test_to_tensor_and_normalize_values() -> None:
     image = np.array([[[0, 255, 51]]], dtype=np.uint8)
     t = to_tensor(image)

@@ -3,7 +3,9 @@
     python benchmarks/int8_speed.py --threads 2 --archs ir50,dlib_resnet --pairs 600
 
 Real faces: LFW photos aligned from the landmarks recorded in ``faces.jsonl`` of a
-``fuseface align`` run (default ``/work/cache/lfw_mtcnn``), with each model's own template.
+``fuseface align`` run (``--journal``; e.g. ``fuseface align LIST.txt DST --policy central`` over a
+few hundred LFW photos for the speed and cosine rows, all of LFW for ``--pairs 6000``), with each
+model's own template.
 Calibration uses ``--calib`` faces (200), the cosine is measured on other faces. ``ir50`` /
 ``ir100`` have untrained weights (their batch-norm statistics are first settled on real crops),
 so only speed and fp32 agreement are meaningful for them; ``dlib_resnet`` is the real model
@@ -150,11 +152,7 @@ def main() -> None:
             if arch == "dlib_resnet" and args.pairs:
                 from fuseface.data.lfw import read_pairs
 
-                pairs = [
-                    p
-                    for p in read_pairs(source.parent / "pairs.txt")
-                    if p.path1 in lmk and p.path2 in lmk
-                ]
+                pairs = [p for p in read_pairs(source.parent / "pairs.txt") if p.path1 in lmk and p.path2 in lmk]
                 pairs = pairs[: args.pairs - args.pairs % 10]
                 uniq = sorted({q for p in pairs for q in (p.path1, p.path2)})
                 faces = crops(source, lmk, uniq, size, template)

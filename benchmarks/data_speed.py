@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from align_speed import matmul_gflops
     from fuseface.data.recordio import RecordIODataset, RecordIOWriter
     from fuseface.data.transforms import build_train_transform
 
@@ -79,6 +82,7 @@ def main() -> None:
         "images": len(faces),
         "source": str(args.crops or args.photos),
         "loadavg": os.getloadavg()[0],
+        "matmul_gflops_1_thread": matmul_gflops(1),
     }
     with tempfile.TemporaryDirectory() as tmp:
         with RecordIOWriter(tmp) as writer:

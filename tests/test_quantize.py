@@ -25,18 +25,10 @@ def test_int8_model_is_quantised_and_agrees_with_fp32(
 
     import onnx
 
-    import fuseface
     from fuseface.infer.embedder import FaceModel
-    from fuseface.infer.model_file import ModelMeta
 
-    torch.manual_seed(0)
-    net = fuseface.create_backbone("ir_demo")
     faces = _faces(shared_data)
-    fm = FaceModel(net, ModelMeta(arch="ir_demo"))
-    net.train()  # settle the untrained batch-norm statistics on real faces
-    with torch.no_grad():
-        net(fm.to_input(faces))
-    net.eval()
+    fm = FaceModel(*_settled_demo_model(faces))
     with caplog.at_level(logging.WARNING):
         int8 = fm.to_int8(faces[:16], tmp_path / "m.int8.onnx")
     # ORT's per-tensor fallback note for the un-foldable batch norms is not shown to users
@@ -48,6 +40,56 @@ def test_int8_model_is_quantised_and_agrees_with_fp32(
     assert got.shape == ref.shape and np.isfinite(got).all()
     cos = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     assert cos.min() > 0.95, cos
+
+
+def _settled_demo_model(faces: np.ndarray) -> tuple[torch.nn.Module, object]:
+    import fuseface
+    from fuseface.infer.embedder import FaceModel
+    from fuseface.infer.model_file import ModelMeta
+
+    torch.manual_seed(0)
+    net = fuseface.create_backbone("ir_demo")
+    meta = ModelMeta(arch="ir_demo")
+    net.train()  # settle the untrained batch-norm statistics on real faces
+    with torch.no_grad():
+        net(FaceModel(net, meta).to_input(faces))
+    return net.eval(), meta
+
+
+def test_precision_int8_from_a_file_with_a_calibration_folder_equals_to_int8(shared_data: Path, tmp_path: Path) -> None:
+    """``FaceModel.from_file(..., precision="int8", calibration=FOLDER)`` (and so ``fuseface.load``)
+    is the same int8 network as ``to_int8`` on the same crops given as an array."""
+    import fuseface
+    from fuseface.infer.embedder import FaceModel
+    from fuseface.infer.model_file import save_model
+
+    faces = _faces(shared_data)
+    net, meta = _settled_demo_model(faces)
+    save_model(tmp_path / "m.safetensors", net, meta)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for k, face in enumerate(faces[:16]):
+        cv2.imwrite(str(folder / f"{k:02d}.png"), np.ascontiguousarray(face[:, :, ::-1]))
+    loaded = fuseface.load(str(tmp_path / "m.safetensors"), precision="int8", calibration=folder)
+    assert loaded.precision == "int8" and type(loaded.net).__name__ == "OnnxBackbone"
+    via_copy = FaceModel(net, meta).to_int8(faces[:16])
+    a, b = loaded.embed_aligned(faces[16:])[0], via_copy.embed_aligned(faces[16:])[0]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_precision_is_checked() -> None:
+    import fuseface
+    from fuseface.errors import ConfigError
+    from fuseface.infer.embedder import FaceModel
+    from fuseface.infer.model_file import ModelMeta
+
+    net, meta = fuseface.create_backbone("ir_demo"), ModelMeta(arch="ir_demo")
+    with pytest.raises(ConfigError, match="precision='fp16'"):
+        FaceModel(net, meta, precision="fp16")
+    with pytest.raises(ConfigError, match="needs calibration"):
+        FaceModel(net, meta, precision="int8")
+    with pytest.raises(ConfigError, match=r"calibration: expected uint8 crops of shape \(N, 112, 112, 3\)"):
+        FaceModel(net, meta, precision="int8", calibration=np.zeros((4, 64, 64, 3), np.uint8))
 
 
 def test_export_int8_needs_calibration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fuseface.errors import DataError
+from fuseface.errors import ConfigError, DataError
 from fuseface.infer.model_file import (
     ModelMeta,
     check_input_size,
@@ -58,14 +58,68 @@ class EmbedResult:
         return mask
 
 
-class FaceModel:
-    """A loaded face-recognition network plus what is needed to feed it correctly."""
+#: ``FaceModel(precision=...)``: the network as given, or its static int8 ONNX Runtime version.
+PRECISIONS = ("fp32", "int8")
 
-    def __init__(self, net: nn.Module, meta: ModelMeta, device: str | torch.device = "cpu") -> None:
+
+class FaceModel:
+    """A loaded face-recognition network plus what is needed to feed it correctly.
+
+    ``precision="int8"`` replaces the network by its post-training static int8 version
+    (:mod:`fuseface.infer.quantize`: batch norms folded, ONNX export, QDQ quantisation calibrated on
+    ``calibration``, run by ONNX Runtime on the CPU). ``calibration``: aligned uint8 RGB crops
+    (N, S, S, 3) or a folder of aligned crop images, a few hundred real faces like the ones the
+    model will see; ``int8_path``: where the int8 ONNX file goes (default a temporary folder);
+    ``calibration_method``: ``"minmax"`` or ``"percentile"`` activation ranges.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        meta: ModelMeta,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        calibration: np.ndarray | str | Path | None = None,
+        int8_path: str | Path | None = None,
+        calibration_method: str = "minmax",
+    ) -> None:
         check_input_size(net, meta, f"FaceModel({meta.arch})")
-        self.net = net.to(device).eval()
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.meta = meta
         self.device = torch.device(device)
+        self.precision = precision
+        if precision == "int8":
+            net = self._int8_network(net.eval(), calibration, int8_path, calibration_method)
+        self.net = net.to(device).eval()
+
+    def _int8_network(
+        self, net: nn.Module, calibration: np.ndarray | str | Path | None, path: str | Path | None, method: str
+    ) -> nn.Module:
+        """The static int8 ONNX Runtime backbone of ``net``, calibrated on ``calibration``."""
+        import tempfile
+
+        from fuseface.infer.quantize import OnnxBackbone, quantize_backbone, read_calibration_crops
+
+        if self.device.type != "cpu":
+            raise ConfigError(f'precision="int8" runs on the CPU (ONNX Runtime), not on {self.device}')
+        if calibration is None:
+            raise ConfigError(
+                'precision="int8" needs calibration=: aligned face crops (N, S, S, 3 uint8) or a folder of them'
+            )
+        if isinstance(calibration, (str, Path)):
+            calibration = read_calibration_crops(calibration, self.input_size)
+        crops = np.asarray(calibration)
+        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3) or crops.dtype != np.uint8:
+            raise ConfigError(
+                f"calibration: expected uint8 crops of shape (N, {self.input_size}, {self.input_size}, 3), "
+                f"got {crops.dtype} {crops.shape}"
+            )
+        if path is None:
+            path = Path(tempfile.mkdtemp(prefix="fuseface-int8-")) / "model.int8.onnx"
+        self.net = net  # to_input matches the fp32 network's dtype and memory format
+        calib = self.to_input(crops).float().cpu().numpy()
+        return OnnxBackbone(quantize_backbone(net, calib, path, self.input_size, method=method), self.input_size)
 
     @property
     def channel_order(self) -> str:
@@ -86,9 +140,10 @@ class FaceModel:
         return self._match_input(x.to(self.device))
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "cpu") -> FaceModel:
+    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> FaceModel:
+        """Load a model file; ``kwargs`` go to the constructor (``precision``, ``calibration``, ...)."""
         net, meta = load_model(path, device=device)
-        return cls(net, meta, device=device)
+        return cls(net, meta, device=device, **kwargs)
 
     @torch.inference_mode()
     def embed_aligned(
@@ -139,19 +194,20 @@ class FaceModel:
             raise DataError("embed_with_styles: no images given")
         return np.concatenate(feats), np.concatenate(styles)
 
-    def to_int8(self, calibration: np.ndarray, path: str | Path | None = None, method: str = "minmax") -> FaceModel:
-        """A copy running a static int8 ONNX Runtime version of the network (the ``precision="int8"``
-        path; :mod:`fuseface.infer.quantize`), calibrated on aligned uint8 crops (N, S, S, 3), a
-        few hundred real faces; the ONNX file goes to ``path`` (default: a temporary folder)."""
-        import tempfile
-
-        from fuseface.infer.quantize import OnnxBackbone, quantize_backbone
-
-        if path is None:
-            path = Path(tempfile.mkdtemp(prefix="fuseface-int8-")) / "model.int8.onnx"
-        calib = self.to_input(np.asarray(calibration, dtype=np.uint8)).float().cpu().numpy()
-        onnx_path = quantize_backbone(self.net, calib, path, self.input_size, method=method)
-        return FaceModel(OnnxBackbone(onnx_path, self.input_size), self.meta)
+    def to_int8(
+        self, calibration: np.ndarray | str | Path, path: str | Path | None = None, method: str = "minmax"
+    ) -> FaceModel:
+        """A copy of this model with ``precision="int8"`` (see the class docstring), calibrated on
+        ``calibration``; the ONNX file goes to ``path`` (default: a temporary folder)."""
+        return FaceModel(
+            self.net,
+            self.meta,
+            self.device,
+            precision="int8",
+            calibration=calibration,
+            int8_path=path,
+            calibration_method=method,
+        )
 
     def _match_input(self, x: torch.Tensor) -> torch.Tensor:
         """Cast the batch to the network's dtype and memory format (set by ``optimize``)."""

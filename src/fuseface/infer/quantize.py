@@ -171,31 +171,37 @@ def quantize_backbone(
         return quantize_onnx_static(fp32, out_path, calibration, method=method)
 
 
-def export_int8_file(
-    model_path: str | Path, onnx_path: str | Path, calibration_dir: str | Path, count: int = 300
-) -> dict[str, Any]:
-    """``fuseface export --int8``: a model file -> static int8 ONNX, calibrated on up to ``count``
-    aligned crops found under ``calibration_dir`` (recursive, sorted, evenly spread); returns
-    ``{"path", "calibration_images", "cosine_min", "cosine_mean"}`` (int8 vs fp32 on those crops)."""
+def read_calibration_crops(folder: str | Path, size: int, count: int = 300, option: str = "calibration") -> np.ndarray:
+    """Up to ``count`` aligned face crops from the images under ``folder`` (recursive, sorted,
+    evenly spread), as uint8 RGB (N, size, size, 3); crops of another size are resized (area)."""
     import cv2
 
     from fuseface.data.images import IMAGE_EXTENSIONS, read_image
-    from fuseface.infer.embedder import FaceModel
 
-    fm = FaceModel.from_file(model_path)
-    folder = Path(calibration_dir)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise ConfigError(f"--calibration {folder}: no aligned face images found")
+        raise ConfigError(f"{option} {root}: no aligned face images found")
     files = files[:: max(1, len(files) // count)][:count]
-    size = fm.input_size
     crops = []
     for f in files:
         image = read_image(f, channel_order="rgb")
         if image.shape[:2] != (size, size):
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         crops.append(image)
-    calib = np.stack(crops)
+    return np.stack(crops)
+
+
+def export_int8_file(
+    model_path: str | Path, onnx_path: str | Path, calibration_dir: str | Path, count: int = 300
+) -> dict[str, Any]:
+    """``fuseface export --int8``: a model file -> static int8 ONNX, calibrated on up to ``count``
+    aligned crops found under ``calibration_dir`` (recursive, sorted, evenly spread); returns
+    ``{"path", "calibration_images", "cosine_min", "cosine_mean"}`` (int8 vs fp32 on those crops)."""
+    from fuseface.infer.embedder import FaceModel
+
+    fm = FaceModel.from_file(model_path)
+    calib = read_calibration_crops(calibration_dir, fm.input_size, count, option="--calibration")
     int8 = fm.to_int8(calib, onnx_path)
     ref, got = fm.embed_aligned(calib)[0], int8.embed_aligned(calib)[0]
     cos = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))

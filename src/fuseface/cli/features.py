@@ -37,7 +37,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             0,
             help="Worker processes reading, decoding and augmenting the images while this process embeds "
             "(0: all in this process; the store is the same). On 2 cores, 1 worker overlaps them with the "
-            "embedding (with --threads 1, each side has a core)",
+            "embedding; it pays when they cost about as much as the embedding (benchmarks/extract_pipeline.py)",
         ),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:

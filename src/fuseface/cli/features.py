@@ -32,13 +32,19 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         template: str = typer.Option("", help="With --split: alignment template (default: the model's own)"),
         degrade: str = typer.Option("caface", help="Augmented copies: caface (precompute recipe) | surveillance"),
         scores: str = typer.Option("none", help="Per-copy quality score: none | onet (MTCNN faceness)"),
-        threads: int = typer.Option(0, help="torch threads (0: leave as is)"),
+        threads: int = typer.Option(0, help="torch threads of this (the embedding) process (0: leave as is)"),
+        workers: int = typer.Option(
+            0,
+            help="Worker processes reading, decoding and augmenting the images while this process embeds "
+            "(0: all in this process; the store is the same). On 2 cores, 1 worker overlaps them with the "
+            "embedding; it pays when they cost about as much as the embedding (benchmarks/extract_pipeline.py)",
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Run a frozen backbone over a dataset: un-normalised embeddings + style statistics, sharded, resumable.
 
         \b
-        Example: fuseface features extract faces/ -m dlib-resnet -o store/ --augment-copies 3
+        Example: fuseface features extract faces/ -m dlib-resnet -o store/ --augment-copies 3 --workers 1
         """
         from fuseface.errors import ConfigError
         from fuseface.infer.extract_features import extract_features, extract_options, load_backbone_meta
@@ -65,6 +71,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             dtype=dtype,
             progress=progress,
             threads=threads,
+            workers=workers,
             **opts,
             meta=store_meta,
         )

@@ -19,11 +19,28 @@ Augmented copies (``augment_copies=A``): copy 0 is the clean image, copies 1..A 
 ``degradation``, one :class:`fuseface.data.transforms.Degradation` each. The augmentation of image
 ``i`` depends only on ``(seed, i)``, so a resumed extraction writes exactly what an uninterrupted
 one would.
+
+Worker processes (``workers=N``): reading, decoding and augmenting an image do not depend on any
+other image, so they run in ``N`` processes (one torch / OpenCV thread each, started by a fork
+server, :mod:`fuseface.parallel`) while this process embeds. The images of the shards to write are
+cut into *chunks* of ``chunk_size`` consecutive indices (never across a shard boundary); a worker
+turns a chunk into every image's versions, copy parameters and label, and
+:func:`fuseface.parallel.ordered_map` hands the chunks back in index order, with a bounded number
+submitted and not yet collected (one embedding batch's worth plus two per worker), so memory
+stays bounded however far the workers could run ahead. This process then fills the embedding
+batches exactly as the in-process path does (``workers=0``, the same preparation run here chunk
+by chunk): the same versions in the same batches, so the store is the same bit for bit whatever
+the worker count (at the same torch thread count of this process, which sets the float rounding
+of the network). A worker that dies ends the run with one :class:`fuseface.errors.FusefaceError`
+line; the shards written so far are kept and a run started again resumes from them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +52,10 @@ from torch import nn
 from fuseface.data.feature_store import FeatureStore, FeatureStoreWriter, StoreSpec
 from fuseface.data.image_sources import ImageSource
 from fuseface.data.transforms import CAFaceAugmenter, Degradation
-from fuseface.errors import DataError
+from fuseface.errors import ConfigError, DataError
 from fuseface.infer.model_file import ModelMeta, load_model
 from fuseface.nn.fusion.caface import stage_styles
+from fuseface.parallel import default_start_method, init_worker_process, ordered_map, process_context
 
 __all__ = [
     "embed_with_styles",
@@ -117,6 +135,68 @@ def embed_with_styles(
     return emb.float().numpy(), stage_styles(maps, stages).numpy()
 
 
+@dataclass
+class _PreparedImage:
+    """One image of the source with its versions: ``versions[0]`` the clean image, then the
+    augmented copies; per version its copy parameters, kind id and severity (0 for the clean
+    image and for CAFace copies)."""
+
+    label: int
+    versions: list[np.ndarray]
+    params: list[dict[str, Any]]
+    kinds: list[int]
+    severity: list[float]
+
+
+@dataclass
+class _Preparer:
+    """Reads images from ``source`` and makes their copies; called on an index range ``(start,
+    stop)``, in this process or in a worker (it is what the workers receive, so it pickles)."""
+
+    source: ImageSource
+    augment_copies: int
+    seed: int
+    degradation: Degradation | None = None
+    augmenter: CAFaceAugmenter = field(default_factory=CAFaceAugmenter)
+
+    def image(self, i: int) -> _PreparedImage:
+        """Image ``i`` and its ``augment_copies`` copies, drawn from generators seeded by ``(seed, i)``
+        (``(seed, i, c)`` per degradation copy ``c``)."""
+        image, label = self.source[i]
+        extra = self.augment_copies
+        if self.degradation is None:
+            versions = [image, *self.augmenter.copies(image, extra, np.random.default_rng([self.seed, i]))]
+            params = [{"kind": "clean"}] + [{"kind": "caface_precompute"}] * extra
+            return _PreparedImage(int(label), versions, params, [0] * (1 + extra), [0.0] * (1 + extra))
+        made = [self.degradation.apply(image, np.random.default_rng([self.seed, i, c])) for c in range(1, 1 + extra)]
+        return _PreparedImage(
+            int(label),
+            [image, *(m[0] for m in made)],
+            [{"kind": "clean", "kind_id": 0, "severity": 0.0}, *(m[1] for m in made)],
+            [0, *(int(m[1]["kind_id"]) for m in made)],
+            [0.0, *(float(m[1]["severity"]) for m in made)],
+        )
+
+    def __call__(self, bounds: tuple[int, int]) -> list[_PreparedImage]:
+        return [self.image(i) for i in range(*bounds)]
+
+
+#: Imported once by the fork server, so that the workers start without importing them again.
+_PRELOAD = ("fuseface.infer.extract_features", "fuseface.data.recordio", "fuseface.data.photo_sets", "cv2")
+_WORKER: dict[str, _Preparer] = {}
+
+
+def _init_worker(preparer: _Preparer) -> None:
+    """Worker initialiser: one thread each (:func:`fuseface.parallel.init_worker_process`), and
+    the preparer (source, augmenter, degradation) kept for every chunk."""
+    init_worker_process()
+    _WORKER["prepare"] = preparer
+
+
+def _prepare_in_worker(bounds: tuple[int, int]) -> list[_PreparedImage]:
+    return _WORKER["prepare"](bounds)
+
+
 def extract_features(
     model: nn.Module,
     source: ImageSource,
@@ -139,20 +219,30 @@ def extract_features(
     pixel_mean: Sequence[float] | None = None,
     pixel_std: Sequence[float] | None = None,
     threads: int = 0,
+    workers: int = 0,
+    chunk_size: int = 8,
 ) -> FeatureStore | None:
     """Write (or resume) the feature store of ``source`` at ``out_dir``; returns it when complete.
 
     ``threads > 0`` sets torch's intra-op thread count for the run (0 leaves it as it is).
+
+    ``workers > 0`` reads and augments the images in that many worker processes while this one
+    embeds (see the module docstring; ``chunk_size`` images per work unit); the store is the same
+    as with ``workers=0``, which does everything here. The source, ``degradation`` and the
+    augmenter are pickled to each worker once. This process keeps its torch threads (``threads``):
+    on a machine with few cores give it the cores the workers leave.
 
     ``degradation``: instead of the CAFace precompute augmentations, copy ``c`` (1..A) of image
     ``i`` is ``degradation.apply(image, default_rng([seed, i, c]))`` (e.g.
     :class:`fuseface.data.transforms.SurveillanceDegradation`); its parameters are stored per copy
     (:meth:`FeatureStore.copy_params`) and its ``kind_id`` / ``severity`` as the extras ``kind`` /
     ``severity`` (N, C) (copy 0: kind 0, severity 0). ``scorer``: a quality / detector score per
-    image version (list of uint8 RGB crops -> (n,) scores), stored as the extra ``score`` (N, C).
-    ``max_shards`` stops after that many new shards (returns None if the store is not complete
-    yet), which is how the tests interrupt an extraction.
+    image version (list of uint8 RGB crops -> (n,) scores), stored as the extra ``score`` (N, C),
+    computed in this process. ``max_shards`` stops after that many new shards (returns None if the
+    store is not complete yet), which is how the tests interrupt an extraction.
     """
+    if workers < 0 or chunk_size < 1:
+        raise ConfigError(f"workers must be >= 0 and chunk_size >= 1, got {workers} and {chunk_size}")
     if threads > 0:
         torch.set_num_threads(threads)
     model = model.eval()
@@ -185,73 +275,77 @@ def extract_features(
     )
     writer = FeatureStoreWriter(out_dir, spec)
     pending = writer.pending()
-    augmenter = CAFaceAugmenter()
+    todo = pending if max_shards is None else pending[: max(0, max_shards)]
+    chunks = [(a, min(a + chunk_size, stop)) for _, start, stop in todo for a in range(start, stop, chunk_size)]
+    preparer = _Preparer(source, augment_copies, seed, degradation)
     bar = None
     if progress:
         from tqdm import tqdm
 
         already = len(source) - sum(e - s for _, s, e in pending)
         bar = tqdm(total=len(source), desc="features", unit="img", initial=already)
-    for done, (shard_id, start, stop) in enumerate(pending):
-        if max_shards is not None and done >= max_shards:
-            break
-        feats = np.zeros((stop - start, copies, spec.feature_dim), np.float32)
-        styles = np.zeros((stop - start, copies, spec.style_channels, 2), np.float32)
-        labels = np.zeros(stop - start, np.int64)
-        kinds = np.zeros((stop - start, copies), np.int64)
-        severity = np.zeros((stop - start, copies), np.float32)
-        scores = np.full((stop - start, copies), np.nan, np.float32)
-        params: list[list[dict[str, Any]]] = []
-        queue: list[tuple[int, int, np.ndarray]] = []
+    executor: ProcessPoolExecutor | None = None
+    try:
+        if workers > 0 and chunks:
+            ctx = process_context(default_start_method(), _PRELOAD)
+            executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(preparer,))
+        in_flight = 2 * workers + -(-batch_size // (copies * chunk_size))
+        broken = "a feature-extraction worker process died; the shards written so far are kept: run again to resume"
+        prepare = _prepare_in_worker if executor is not None else preparer
+        images = chain.from_iterable(ordered_map(prepare, chunks, executor, in_flight, broken))
+        for shard_id, start, stop in todo:
+            feats = np.zeros((stop - start, copies, spec.feature_dim), np.float32)
+            styles = np.zeros((stop - start, copies, spec.style_channels, 2), np.float32)
+            labels = np.zeros(stop - start, np.int64)
+            kinds = np.zeros((stop - start, copies), np.int64)
+            severity = np.zeros((stop - start, copies), np.float32)
+            scores = np.full((stop - start, copies), np.nan, np.float32)
+            params: list[list[dict[str, Any]]] = []
+            queue: list[tuple[int, int, np.ndarray]] = []
 
-        def flush(
-            queue: list[tuple[int, int, np.ndarray]] = queue,
-            feats: np.ndarray = feats,
-            styles: np.ndarray = styles,
-            scores: np.ndarray = scores,
-        ) -> None:
-            if not queue:
-                return
-            e, s = embed_with_styles(model, [q[2] for q in queue], order, stages, input_size, **norm)
-            for (row, copy, _), fe, st in zip(queue, e, s, strict=True):
-                feats[row, copy], styles[row, copy] = fe, st
+            def flush(
+                queue: list[tuple[int, int, np.ndarray]] = queue,
+                feats: np.ndarray = feats,
+                styles: np.ndarray = styles,
+                scores: np.ndarray = scores,
+            ) -> None:
+                if not queue:
+                    return
+                e, s = embed_with_styles(model, [q[2] for q in queue], order, stages, input_size, **norm)
+                for (row, copy, _), fe, st in zip(queue, e, s, strict=True):
+                    feats[row, copy], styles[row, copy] = fe, st
+                if scorer is not None:
+                    for (row, copy, _), sc in zip(queue, scorer([q[2] for q in queue]), strict=True):
+                        scores[row, copy] = sc
+                queue.clear()
+
+            for row in range(stop - start):
+                item = next(images)
+                labels[row], kinds[row], severity[row] = item.label, item.kinds, item.severity
+                params.append(item.params)
+                for c, v in enumerate(item.versions):
+                    queue.append((row, c, v))
+                    if len(queue) >= batch_size:
+                        flush()
+                if bar is not None:
+                    bar.update(1)
+            flush()
+            if not np.isfinite(feats).all():
+                bad = int((~np.isfinite(feats).all(axis=(1, 2))).sum())
+                import warnings
+
+                warnings.warn(f"{out_dir}: shard {shard_id} has {bad} images with non-finite features", stacklevel=2)
+            extras: dict[str, np.ndarray] = {"kind": kinds, "severity": severity} if degradation is not None else {}
             if scorer is not None:
-                for (row, copy, _), sc in zip(queue, scorer([q[2] for q in queue]), strict=True):
-                    scores[row, copy] = sc
-            queue.clear()
-
-        for i in range(start, stop):
-            image, label = source[i]
-            labels[i - start] = label
-            if degradation is None:
-                versions = [image, *augmenter.copies(image, augment_copies, np.random.default_rng([seed, i]))]
-                params.append([{"kind": "clean"}] + [{"kind": "caface_precompute"}] * augment_copies)
-            else:
-                made = [degradation.apply(image, np.random.default_rng([seed, i, c])) for c in range(1, copies)]
-                versions = [image, *(m[0] for m in made)]
-                params.append([{"kind": "clean", "kind_id": 0, "severity": 0.0}, *(m[1] for m in made)])
-                for c, (_, p) in enumerate(made, start=1):
-                    kinds[i - start, c], severity[i - start, c] = int(p["kind_id"]), float(p["severity"])
-            for c, v in enumerate(versions):
-                queue.append((i - start, c, v))
-                if len(queue) >= batch_size:
-                    flush()
-            if bar is not None:
-                bar.update(1)
-        flush()
-        if not np.isfinite(feats).all():
-            bad = int((~np.isfinite(feats).all(axis=(1, 2))).sum())
-            import warnings
-
-            warnings.warn(f"{out_dir}: shard {shard_id} has {bad} images with non-finite features", stacklevel=2)
-        extras: dict[str, np.ndarray] = {"kind": kinds, "severity": severity} if degradation is not None else {}
-        if scorer is not None:
-            extras["score"] = scores
-        writer.write_shard(shard_id, feats, styles, labels, extras=extras, copy_params=params)
-        if on_shard is not None:
-            on_shard(shard_id)
-    if bar is not None:
-        bar.close()
+                extras["score"] = scores
+            writer.write_shard(shard_id, feats, styles, labels, extras=extras, copy_params=params)
+            if on_shard is not None:
+                on_shard(shard_id)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
     return FeatureStore(out_dir) if writer.complete else None
 
 

@@ -41,21 +41,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fuseface.errors import ConfigError, DataError, FusefaceError
+from fuseface.errors import ConfigError, DataError
+from fuseface.parallel import default_start_method, init_worker_process, ordered_map, process_context
 
 if TYPE_CHECKING:
     from fuseface.align.detector import FaceDetector
@@ -97,11 +96,6 @@ def default_embed_threads(workers: int) -> int:
     """Torch threads of the embedding process next to ``workers`` workers: the cores they leave
     (at least 1)."""
     return max(1, usable_cores() - workers)
-
-
-def default_start_method() -> str:
-    """``forkserver`` where the platform has it (Linux), else ``spawn``."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _as_image(item: Any) -> tuple[str, np.ndarray]:
@@ -174,17 +168,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(detector_factory: Callable[[], FaceDetector]) -> None:
-    """Worker initialiser: one thread for torch, OpenCV and (through torch's count, see
-    :mod:`fuseface.align.mtcnn_fast`) ONNX Runtime; the detector is built on first need. Ctrl-C
-    is left to the main process, which shuts the workers down."""
-    import signal
-
-    import cv2
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    """Worker initialiser: one thread each (:func:`fuseface.parallel.init_worker_process`); the
+    detector is built on first need."""
+    init_worker_process()
     _WORKER["detector"] = detector_factory
     _WORKER["built"] = None
 
@@ -301,28 +287,13 @@ def _iter_prepared(
     max_in_flight: int,
 ) -> Iterator[tuple[int, list[PreparedPhoto]]]:
     """Yield ``(position in todo, prepared photos of that batch)`` in order, each as soon as its
-    last unit is in; at most ``max_in_flight`` units are submitted and not yet collected."""
-    if executor is None:
-        for b, (start, stop) in enumerate(todo):
-            yield b, [p for a, z in _units(start, stop, unit_size) for p in prepare(list(paths[a:z]))]
-        return
-    units = [(b, u) for b, (start, stop) in enumerate(todo) for u in _units(start, stop, unit_size)]
-    pending: deque[Future[list[PreparedPhoto]]] = deque()
-    submitted = 0
+    last unit is in; at most ``max_in_flight`` units are submitted and not yet collected
+    (:func:`fuseface.parallel.ordered_map`; ``executor=None``: prepared here, unit by unit)."""
+    units = [list(paths[a:z]) for start, stop in todo for a, z in _units(start, stop, unit_size)]
+    broken = "a detection worker process died; the batches written so far are kept: run again to resume"
+    prepared = chain.from_iterable(ordered_map(prepare, units, executor, max_in_flight, broken))
     for b, (start, stop) in enumerate(todo):
-        collected: list[PreparedPhoto] = []
-        while len(collected) < stop - start:
-            while submitted < len(units) and len(pending) < max_in_flight:
-                _, (a, z) = units[submitted]
-                pending.append(executor.submit(prepare, list(paths[a:z])))
-                submitted += 1
-            try:
-                collected.extend(pending.popleft().result())
-            except BrokenProcessPool as exc:
-                raise FusefaceError(
-                    f"a detection worker process died ({exc}); the batches written so far are kept: run again to resume"
-                ) from exc
-        yield b, collected
+        yield b, list(islice(prepared, stop - start))
 
 
 def embed_files(
@@ -501,12 +472,7 @@ _PRELOAD = ("fuseface.infer.pipeline", "fuseface.align.mtcnn", "fuseface.align.m
 
 
 def _context(method: str) -> Any:
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        import importlib.util
-
-        ctx.set_forkserver_preload([m for m in _PRELOAD if importlib.util.find_spec(m.split(".")[0]) is not None])
-    return ctx
+    return process_context(method, _PRELOAD)
 
 
 def _create_default_detector() -> FaceDetector:

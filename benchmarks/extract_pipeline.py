@@ -20,7 +20,8 @@ Configurations, in alternation for ``--repeats`` rounds (medians reported):
   threads, default all cores);
 * **workers=1**, **workers=2**: the preparation in that many worker processes while this process
   embeds with the cores they leave (at least 1 thread; ``--threads`` overrides), worker start-up
-  included in the wall time.
+  included in the wall time; and **workers=1** beside an embedding that keeps every core (the
+  worker then shares a core with it).
 
 Each run writes a fresh store (float32, which an untrained net needs; one shard per 128 images)
 under a temporary folder. Prints a table (images/s: source images, each with all its copies;
@@ -130,7 +131,10 @@ def main() -> None:
     torch.manual_seed(0)
     net, meta = load_backbone_meta(args.model)
     runs: dict[str, list[float]] = {}
-    threads_of = {w: args.threads or max(1, cores - w) for w in (0, 1, 2)}
+    configs = [(w, args.threads or max(1, cores - w)) for w in (0, 1, 2)]
+    if not args.threads:  # also: one worker beside an embedding that keeps every core
+        configs.insert(2, (1, cores))
+    threads_of = {f"workers={w}, {t} embed threads": (w, t) for w, t in dict.fromkeys(configs)}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         n = make_crops(args.shared, args.photos, int(meta.input_size), tmp / "crops")
@@ -138,12 +142,11 @@ def main() -> None:
         load_before, gflops_before = os.getloadavg(), matmul_gflops(cores)
         for _ in range(args.repeats):
             runs.setdefault("prepare alone, 1 thread", []).append(prepare_alone(source, args.augment_copies))
-            for w in (0, 1, 2):
-                rate = extract(net, meta, source, tmp, w, threads_of[w], args)
-                runs.setdefault(f"workers={w}", []).append(rate)
+            for name, (w, t) in threads_of.items():
+                runs.setdefault(name, []).append(extract(net, meta, source, tmp, w, t, args))
         load_after, gflops_after = os.getloadavg(), matmul_gflops(cores)
     medians = {name: statistics.median(v) for name, v in runs.items()}
-    serial = medians["workers=0"]
+    serial = medians[next(iter(threads_of))]
 
     print(
         f"\n{n} LFW crops ({meta.input_size} px JPEG, FolderSource), {args.model}, "
@@ -151,12 +154,12 @@ def main() -> None:
         f"load {load_before[0]:.1f} -> {load_after[0]:.1f}; "
         f"matmul {gflops_before:.0f} -> {gflops_after:.0f} GFLOP/s\n"
     )
-    print(f"| {'configuration':<24} | embed threads | images/s | versions/s | vs workers=0 |")
-    print(f"|{'-' * 26}|--------------:|---------:|-----------:|-------------:|")
+    print(f"| {'configuration':<34} | embed threads | images/s | versions/s | vs workers=0 |")
+    print(f"|{'-' * 36}|--------------:|---------:|-----------:|-------------:|")
     for name, rate in medians.items():
-        threads = str(threads_of[int(name[-1])]) if name.startswith("workers") else "-"
+        threads = str(threads_of[name][1]) if name in threads_of else "-"
         versions = rate * (1 + args.augment_copies)
-        print(f"| {name:<24} | {threads:>13} | {rate:8.1f} | {versions:10.1f} | {rate / serial:11.2f}x |")
+        print(f"| {name:<34} | {threads:>13} | {rate:8.1f} | {versions:10.1f} | {rate / serial:11.2f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -168,7 +171,7 @@ def main() -> None:
                 "augment_copies": args.augment_copies,
                 "batch_size": args.batch_size,
                 "cores": cores,
-                "embed_threads": {f"workers={w}": t for w, t in threads_of.items()},
+                "configurations": {k: {"workers": w, "embed_threads": t} for k, (w, t) in threads_of.items()},
                 "repeats": args.repeats,
                 "load_average_before": load_before,
                 "load_average_after": load_after,

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
+
 pytest.importorskip("onnxruntime")
 
 
@@ -75,6 +77,36 @@ def test_precision_int8_from_a_file_with_a_calibration_folder_equals_to_int8(sha
     via_copy = FaceModel(net, meta).to_int8(faces[:16])
     a, b = loaded.embed_aligned(faces[16:])[0], via_copy.embed_aligned(faces[16:])[0]
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_cli_embed_int8_equals_the_int8_model_and_never_resumes_an_fp32_journal(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fuseface embed --precision int8 --calibration DIR`` writes the int8 model's embeddings; its
+    model fingerprint (journals, galleries) differs from the fp32 one; without --calibration it is
+    a one-line error."""
+    import fuseface
+    from fuseface.infer.model_file import model_fingerprint, save_model
+
+    faces = _faces(shared_data)
+    net, meta = _settled_demo_model(faces)
+    model = tmp_path / "m.safetensors"
+    save_model(model, net, meta)
+    calib, crops = tmp_path / "calib", tmp_path / "crops"
+    for folder, part in ((calib, faces[:16]), (crops, faces[16:])):
+        folder.mkdir()
+        for k, face in enumerate(part):
+            cv2.imwrite(str(folder / f"{k:02d}.png"), np.ascontiguousarray(face[:, :, ::-1]))
+    out = tmp_path / "e.npz"
+    argv = ["embed", str(crops), "-m", str(model), "-o", str(out), "--workers", "0", "--no-progress"]
+    assert run_cli([*argv, "--precision", "int8"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert run_cli([*argv, "--precision", "int8", "--calibration", str(calib)]) == 0
+    int8 = fuseface.load(str(model), precision="int8", calibration=calib)
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["embeddings"], int8.embed_aligned(faces[16:])[0], rtol=0, atol=1e-5)
+    fp32 = fuseface.load(str(model))
+    assert model_fingerprint(int8.net, int8.meta) != model_fingerprint(fp32.net, fp32.meta)
 
 
 def test_precision_is_checked() -> None:

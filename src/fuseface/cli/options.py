@@ -25,6 +25,7 @@ FLIP_HELP = "Flip-sum test-time augmentation: add the embedding of the mirrored 
 FUSION_HELP = "Set-fusion method of a template"
 PROGRESS_HELP = "Show progress bars"
 OUT_HELP = "Output path"
+CALIBRATION_HELP = "Folder of aligned face crops for static int8 calibration (a few hundred used)"
 
 #: parameter name -> the option names a command must give it (the shared meanings)
 SHARED_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -35,6 +36,7 @@ SHARED_OPTIONS: dict[str, tuple[str, ...]] = {
     "method": ("--fusion",),
     "progress": ("--progress",),
     "out": ("--out", "-o"),
+    "calibration": ("--calibration",),
 }
 
 
@@ -73,3 +75,8 @@ def progress_option(default: bool = True, quiet_alias: bool = False) -> Any:
 def out_option(default: Any = None, detail: str = "") -> Any:
     """``--out`` / ``-o``: the output path; ``detail`` says what is written there."""
     return typer.Option(default, "--out", "-o", help=_help(OUT_HELP, detail))
+
+
+def calibration_option(detail: str = "") -> Any:
+    """``--calibration FOLDER``: the aligned crops that static int8 is calibrated on."""
+    return typer.Option(None, "--calibration", help=_help(CALIBRATION_HELP, detail))

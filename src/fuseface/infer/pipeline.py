@@ -186,27 +186,17 @@ def _prepare_unit(paths: list[str], size: int, template: str, detect: bool | Non
 
 
 # -- journal --------------------------------------------------------------------------------------
-def _model_fingerprint(model: FaceModel) -> str:
-    """sha256 of the network's parameters and buffers (falls back to its class name) and metadata."""
-    h = hashlib.sha256(json.dumps(model.meta.to_strings(), sort_keys=True).encode())
-    state = getattr(model.net, "state_dict", None)
-    if state is not None:
-        for key, tensor in state().items():
-            h.update(key.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    else:
-        h.update(type(model.net).__name__.encode())
-    return h.hexdigest()
-
-
 def _run_fingerprint(model: FaceModel, paths: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:
-    """What must be equal for a journal to be resumed: the photo list, the model, the options."""
+    """What must be equal for a journal to be resumed: the photo list, the model
+    (:func:`fuseface.infer.model_file.model_fingerprint`), the options."""
+    from fuseface.infer.model_file import model_fingerprint
+
     photos = hashlib.sha256("\n".join(paths).encode()).hexdigest()
     return {
         "format": JOURNAL_FORMAT,
         "photos": len(paths),
         "photo_list": photos,
-        "model": _model_fingerprint(model),
+        "model": model_fingerprint(model.net, model.meta),
         "options": options,
     }
 

@@ -143,8 +143,14 @@ class OnnxBackbone(nn.Module):
     """
 
     def __init__(self, path: str | Path, input_size: int, threads: int | None = None) -> None:
+        import hashlib
+
         super().__init__()
         self.path = Path(path)
+        # the file's digest as a buffer, so that model fingerprints (journals, galleries) tell
+        # this network from the fp32 one and from another int8 file
+        digest = hashlib.sha256(self.path.read_bytes()).digest()
+        self.register_buffer("onnx_sha256", torch.frombuffer(bytearray(digest), dtype=torch.uint8))
         self.input_size = input_size  # read by the input-size check of FaceModel
         self.session = ort_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name

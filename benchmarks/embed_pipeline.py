@@ -82,11 +82,12 @@ def prepare_in_workers(paths: list[Path], fm: Any, workers: int, batch_size: int
     from functools import partial
 
     from fuseface.infer import pipeline
+    from fuseface.parallel import init_worker_with
 
     ctx = pipeline._context(pipeline.default_start_method())
     factory = partial(pipeline._create_default_detector)
     prepare = partial(pipeline._prepare_unit, size=fm.input_size, template=fm.template, detect=None, policy="largest")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=pipeline._init_worker, initargs=(factory,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_with, initargs=(factory,)) as pool:
         warm = [str(p) for p in paths[: pipeline.UNIT_SIZE]]
         for future in [pool.submit(prepare, warm) for _ in range(4 * workers)]:
             future.result()

@@ -13,7 +13,7 @@ import pytest
 from conftest import require_or_skip
 from fuseface.align.pipeline import align_folder, build_lfw_bin, read_photo
 from fuseface.align.similarity import align_face, transform_points
-from fuseface.errors import DataError
+from fuseface.errors import ConfigError, DataError
 
 
 def _make_photos(root: Path) -> tuple[Path, dict[str, np.ndarray]]:
@@ -151,3 +151,48 @@ def test_build_lfw_bin_from_aligned_crops(tmp_path: Path) -> None:
     (aligned / "Bob" / "Bob_0001.png").unlink()
     with pytest.raises(DataError, match="Bob_0001"):
         build_lfw_bin(aligned, pairs, tmp_path / "lfw2.bin", ext=".png")
+
+
+def test_detection_workers_write_what_one_process_writes_and_resume(tmp_path: Path, shared_data: Path) -> None:
+    """``align_folder(workers=2)`` (detection in worker processes, units of 8 photos) writes the
+    same journal and crops as ``workers=0``; a run stopped part-way and resumed with workers gives
+    the same journal too; an unreadable photo is a failure line either way; the CLI takes
+    ``--workers``."""
+    from functools import partial
+
+    from conftest import run_cli
+    from fuseface.align.mtcnn import MTCNN
+    from fuseface.align.weights import weights_present
+
+    require_or_skip(
+        weights_present(), "MTCNN weights missing: run `fuseface models fetch mtcnn`", "FUSEFACE_REQUIRE_MTCNN"
+    )
+    src = tmp_path / "src"
+    lfw = sorted((shared_data / "lfw" / "lfw-deepfunneled").glob("*/*.jpg"))[::700][:17]
+    for f in lfw:
+        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, src / f.parent.name / f.name)
+    shutil.copy(shared_data / "smoke" / "face_recognition_examples" / "examples" / "two_people.jpg", src / "two.jpg")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    factory = partial(MTCNN, min_face_size=20.0)
+
+    def journal(dst: Path) -> dict[str, dict]:
+        return {r["source"]: r for r in map(json.loads, (dst / "faces.jsonl").read_text().splitlines())}
+
+    serial = align_folder(src, tmp_path / "serial", detector=factory, policy="all", progress=False, workers=0)
+    pooled = align_folder(src, tmp_path / "pooled", detector=factory, policy="all", progress=False, workers=2)
+    assert (serial.processed, serial.faces, serial.failed) == (pooled.processed, pooled.faces, pooled.failed)
+    assert serial.processed == 19 and serial.failed == 1 and serial.faces >= 19
+    assert journal(tmp_path / "serial") == journal(tmp_path / "pooled")
+    assert journal(tmp_path / "pooled")["broken.jpg"]["status"] == "failed"
+    for crop in (tmp_path / "serial").rglob("*.jpg"):
+        assert np.array_equal(
+            cv2.imread(str(crop)), cv2.imread(str(tmp_path / "pooled" / crop.relative_to(tmp_path / "serial")))
+        )
+    part = tmp_path / "part"
+    align_folder(src, part, detector=factory, policy="all", progress=False, workers=2, limit=5)
+    assert len(journal(part)) == 5
+    assert run_cli(["align", str(src), str(part), "--policy", "all", "--workers", "2", "-q"]) == 0
+    assert journal(part) == journal(tmp_path / "serial")
+    with pytest.raises(ConfigError, match="detector factory"):
+        align_folder(src, tmp_path / "x", detector=MTCNN(), workers=1, progress=False)

@@ -33,7 +33,14 @@ from typing import Any, TypeVar
 
 from fuseface.errors import FusefaceError
 
-__all__ = ["default_start_method", "init_worker_process", "ordered_map", "process_context"]
+__all__ = [
+    "default_start_method",
+    "init_worker_process",
+    "init_worker_with",
+    "ordered_map",
+    "process_context",
+    "worker_resource",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -68,6 +75,25 @@ def init_worker_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+_RESOURCE: dict[str, Any] = {}
+
+
+def init_worker_with(factory: Callable[[], Any]) -> None:
+    """Worker initialiser (``ProcessPoolExecutor(initializer=init_worker_with, initargs=(factory,))``):
+    :func:`init_worker_process`, then keep ``factory`` (picklable, zero arguments: e.g. a face
+    detector class) for :func:`worker_resource`, which builds its object on first need."""
+    init_worker_process()
+    _RESOURCE["factory"] = factory
+    _RESOURCE["built"] = None
+
+
+def worker_resource() -> Any:
+    """The object of this worker's factory (:func:`init_worker_with`), built once per process."""
+    if _RESOURCE.get("built") is None:
+        _RESOURCE["built"] = _RESOURCE["factory"]()
+    return _RESOURCE["built"]
 
 
 def ordered_map(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from fuseface.align.detector import FaceDetector, LandmarkFile, select_faces
 from fuseface.align.mtcnn import Detections
 from fuseface.align.similarity import align_face
 from fuseface.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
-from fuseface.errors import DataError
+from fuseface.errors import ConfigError, DataError
 
 
 def read_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -178,23 +178,114 @@ def iter_detections(
         yield rel, image, det, ""
 
 
+#: Photos per detection call of :func:`align_folder` (the fast MTCNN batches R-/O-Net across them).
+ALIGN_UNIT = 8
+
+
+def detect_and_align(
+    paths: list[str], detector: FaceDetector, policy: str, size: int
+) -> list[tuple[list[AlignedFace], str]]:
+    """``(aligned faces, error)`` per photo of one unit: read them, detect them together
+    (``detector.detect_batch`` where it exists) and align the faces ``policy`` chooses."""
+    images: list[np.ndarray] = []
+    out: list[tuple[list[AlignedFace], str]] = []
+    for path in paths:
+        try:
+            images.append(read_photo(path))
+            out.append(([], ""))
+        except DataError as exc:
+            out.append(([], str(exc)))
+    batch = getattr(detector, "detect_batch", None)
+    dets = iter(batch(images) if batch is not None else [detector.detect(im) for im in images])
+    pictures = iter(images)
+    for k, (_, error) in enumerate(out):
+        if not error:
+            out[k] = (align_detections(next(pictures), next(dets), policy, size), "")
+    return out
+
+
+def _detect_and_align_in_worker(paths: list[str], policy: str, size: int) -> list[tuple[list[AlignedFace], str]]:
+    from fuseface.parallel import worker_resource
+
+    return detect_and_align(paths, worker_resource(), policy, size)
+
+
+def _aligned_photos(
+    root: Path,
+    todo: list[Path],
+    detector: FaceDetector | Callable[[], FaceDetector] | None,
+    landmarks: LandmarkFile | None,
+    policy: str,
+    size: int,
+    workers: int,
+) -> Iterator[tuple[Path, list[AlignedFace], str]]:
+    """``(rel, aligned faces, error)`` per photo, in order: landmark lookups, or detection in
+    units of :data:`ALIGN_UNIT` photos, here or in ``workers`` processes
+    (:func:`fuseface.parallel.ordered_map`)."""
+    if landmarks is not None:
+        for rel, image, det, error in iter_detections(root, todo, None, landmarks):
+            faces = align_detections(image, det, policy, size) if image is not None and det is not None else []
+            yield rel, faces, error
+        return
+    units = [todo[a : a + ALIGN_UNIT] for a in range(0, len(todo), ALIGN_UNIT)]
+    paths = ([str(root / r) for r in unit] for unit in units)
+    if not units:
+        return
+    if workers == 0:
+        if detector is None or isinstance(detector, type) or not hasattr(detector, "detect"):
+            from fuseface.align.mtcnn import MTCNN
+
+            detector = (detector or MTCNN)()  # type: ignore[operator]  # a factory or the default
+        done = (detect_and_align(p, detector, policy, size) for p in paths)  # type: ignore[arg-type]
+        for unit, results in zip(units, done, strict=True):
+            yield from ((rel, faces, error) for rel, (faces, error) in zip(unit, results, strict=True))
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from fuseface.align.mtcnn import MTCNN
+    from fuseface.parallel import default_start_method, init_worker_with, ordered_map, process_context
+
+    factory = detector or MTCNN
+    if hasattr(factory, "detect") and not isinstance(factory, type):
+        raise ConfigError("align_folder: workers > 0 needs a detector factory (a class or a function), not a detector")
+    ctx = process_context(default_start_method(), _PRELOAD)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_with, initargs=(factory,)) as pool:
+        fn = partial(_detect_and_align_in_worker, policy=policy, size=size)
+        broken = "a detection worker process died; the photos already in faces.jsonl are kept: run again to resume"
+        done = ordered_map(fn, paths, pool, max_in_flight=4 * workers, broken=broken)
+        for unit, results in zip(units, done, strict=True):
+            yield from ((rel, faces, error) for rel, (faces, error) in zip(unit, results, strict=True))
+
+
+#: Imported once by the fork server of the detection workers (see :mod:`fuseface.parallel`).
+_PRELOAD = ("fuseface.align.pipeline", "fuseface.align.mtcnn", "fuseface.align.mtcnn_fast", "onnxruntime", "cv2")
+
+
 def align_folder(
     src: str | Path,
     dst: str | Path,
-    detector: FaceDetector | None = None,
+    detector: FaceDetector | Callable[[], FaceDetector] | None = None,
     policy: str = "largest",
     size: int = 112,
     ext: str = ".jpg",
     landmarks: str | Path | None = None,
     progress: bool = True,
     limit: int | None = None,
+    workers: int = 0,
 ) -> AlignReport:
     """Align every photo under ``src`` into ``dst`` (see the module docstring); resumable.
 
     Args:
-        detector: default :class:`fuseface.align.mtcnn.MTCNN` (unless ``landmarks`` is given).
+        detector: a detector, or a zero-argument factory of one (a class such as
+            ``functools.partial(MTCNN, min_face_size=40)``); default :class:`fuseface.align.mtcnn.MTCNN`
+            (unless ``landmarks`` is given).
         landmarks: a landmark file (:class:`LandmarkFile`) used instead of a detector.
         limit: process at most this many new photos (then stop, as an interruption would).
+        workers: detection processes (one thread each; ``detector`` must then be a picklable
+            factory or None); 0 detects here. Photos are detected in units of :data:`ALIGN_UNIT`
+            either way, and the crops and the journal are written here, in photo order, so the
+            output and resuming do not depend on ``workers``.
     """
     import cv2
 
@@ -210,20 +301,17 @@ def align_folder(
     report = AlignReport(skipped=len(rels) - len(todo))
     if limit is not None:
         todo = todo[:limit]
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
     lmk_file = LandmarkFile(landmarks) if landmarks is not None else None
-    if lmk_file is None and detector is None and todo:
-        from fuseface.align.mtcnn import MTCNN
-
-        detector = MTCNN()
-    items: Any = iter_detections(root, todo, detector, lmk_file)
+    items: Any = _aligned_photos(root, todo, detector, lmk_file, policy, size, workers if todo else 0)
     if progress:
         from tqdm import tqdm
 
         items = tqdm(items, total=len(todo), desc="aligning", unit="photo")
     with open(journal_path, "a") as journal:
-        for rel, image, det, error in items:
+        for rel, faces, error in items:
             rec: dict[str, Any] = {"source": str(rel), "status": "ok", "reason": "", "faces": []}
-            faces = align_detections(image, det, policy, size) if image is not None and det is not None else []
             if error or not faces:
                 rec.update(status="failed", reason=error or "no face detected")
                 report.failed += 1

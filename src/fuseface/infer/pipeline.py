@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fuseface.errors import ConfigError, DataError
-from fuseface.parallel import default_start_method, init_worker_process, ordered_map, process_context
+from fuseface.parallel import default_start_method, init_worker_with, ordered_map, process_context, worker_resource
 
 if TYPE_CHECKING:
     from fuseface.align.detector import FaceDetector
@@ -164,25 +164,9 @@ def prepare_photos(
 
 
 # -- worker processes ----------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(detector_factory: Callable[[], FaceDetector]) -> None:
-    """Worker initialiser: one thread each (:func:`fuseface.parallel.init_worker_process`); the
-    detector is built on first need."""
-    init_worker_process()
-    _WORKER["detector"] = detector_factory
-    _WORKER["built"] = None
-
-
-def _worker_detector() -> FaceDetector:
-    if _WORKER.get("built") is None:
-        _WORKER["built"] = _WORKER["detector"]()
-    return _WORKER["built"]
-
-
 def _prepare_unit(paths: list[str], size: int, template: str, detect: bool | None, policy: str) -> list[PreparedPhoto]:
-    return prepare_photos(paths, _worker_detector, size, template, detect=detect, policy=policy)
+    """A worker's unit: :func:`prepare_photos` with its detector (:func:`fuseface.parallel.worker_resource`)."""
+    return prepare_photos(paths, worker_resource, size, template, detect=detect, policy=policy)
 
 
 # -- journal --------------------------------------------------------------------------------------
@@ -373,7 +357,7 @@ def embed_files(
     try:
         if workers > 0 and todo:
             ctx = _context(start_method or default_start_method())
-            executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(detector,))
+            executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_with, initargs=(detector,))
             prepare: Callable[[list[str]], list[PreparedPhoto]] = partial(
                 _prepare_unit, size=size, template=template, detect=detect, policy=policy
             )

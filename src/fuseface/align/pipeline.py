@@ -30,7 +30,7 @@ import numpy as np
 from fuseface.align.detector import FaceDetector, LandmarkFile, select_faces
 from fuseface.align.mtcnn import Detections
 from fuseface.align.similarity import align_face
-from fuseface.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
+from fuseface.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, read_image, swap_red_blue
 from fuseface.errors import ConfigError, DataError
 
 
@@ -319,7 +319,7 @@ def align_folder(
             for out_rel, face in zip(_output_names(rel, len(faces), ext), faces, strict=True):
                 out = _safe_output(dst, out_rel, root / rel)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                if not cv2.imwrite(str(out), np.ascontiguousarray(face.crop[:, :, ::-1])):
+                if not cv2.imwrite(str(out), swap_red_blue(face.crop)):
                     raise DataError(f"{out}: cannot write aligned crop")
                 rec["faces"].append(
                     {
@@ -382,7 +382,7 @@ def build_lfw_bin(aligned: str | Path, pairs: str | Path, out: str | Path, ext: 
         if path.is_file():
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is not None:
-                return np.ascontiguousarray(bgr[:, :, ::-1])
+                return swap_red_blue(bgr)
         rec = by_stem.get(rel)
         if rec is not None and src_root is not None and mean_lmk is not None:
             fallback += 1

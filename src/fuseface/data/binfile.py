@@ -159,6 +159,8 @@ def save_bin(
     already-encoded bytes, two consecutive images per pair; ``issame`` one bool per pair."""
     import cv2
 
+    from fuseface.data.images import swap_red_blue
+
     path = Path(path)
     issame_list = [bool(x) for x in np.asarray(issame).reshape(-1)]
     bins: list[bytes] = []
@@ -169,7 +171,7 @@ def save_bin(
         arr = np.asarray(img)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"image {i}: expected uint8 (H, W, 3) RGB, got {arr.dtype} {arr.shape}")
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(arr[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, buf = cv2.imencode(".jpg", swap_red_blue(arr), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise DataError(f"{path}: could not encode image {i}")
         bins.append(buf.tobytes())

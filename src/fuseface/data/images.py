@@ -259,7 +259,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 95, channel_order: str = "rgb"
     if array.dtype != np.uint8:
         raise DataError(f"encode_jpeg expects uint8 pixels, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 3:
-        bgr = array[:, :, ::-1] if order == "rgb" else array
+        bgr = swap_red_blue(array) if order == "rgb" else array
     elif array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1):
         bgr = array
     else:

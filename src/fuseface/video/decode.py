@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fuseface.data.images import swap_red_blue
 from fuseface.errors import DataError
 
 __all__ = ["Frame", "VideoDamageWarning", "VideoDecodeError", "VideoReader", "iter_frames"]
@@ -113,7 +114,7 @@ class VideoReader:
                 if index % self.stride == 0:
                     ok, bgr = cap.retrieve()
                     if ok and bgr is not None:
-                        yield Frame(index, index / self.fps, np.ascontiguousarray(bgr[:, :, ::-1]))
+                        yield Frame(index, index / self.fps, swap_red_blue(bgr))
                     else:
                         self.skipped.append(index)
                 index += 1

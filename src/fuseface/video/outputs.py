@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fuseface.data.images import swap_red_blue
 from fuseface.errors import DataError
 from fuseface.video.pipeline import VideoResult
 
@@ -103,7 +104,7 @@ def write_outputs(result: VideoResult, out: str | Path) -> dict[str, Path]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     sheet_path = out / "contact_sheet.png"
-    if not cv2.imwrite(str(sheet_path), np.ascontiguousarray(contact_sheet(result)[:, :, ::-1])):
+    if not cv2.imwrite(str(sheet_path), swap_red_blue(contact_sheet(result))):
         raise DataError(f"{sheet_path}: cannot write the contact sheet")
     return {
         "tracks": out / "tracks",

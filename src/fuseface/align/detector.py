@@ -34,6 +34,24 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> Detections: ...
 
 
+def is_detector(obj: Any) -> bool:
+    """True for a detector instance, False for a factory of one (a class or a zero-argument
+    function, as worker processes receive it)."""
+    return hasattr(obj, "detect") and not isinstance(obj, type)
+
+
+def as_detector(obj: FaceDetector | Callable[[], FaceDetector]) -> FaceDetector:
+    """``obj`` itself when it is a detector, else the detector its factory builds."""
+    return obj if is_detector(obj) else obj()  # type: ignore[operator, return-value]
+
+
+def detect_all(detector: FaceDetector, images: list[np.ndarray]) -> list[Detections]:
+    """Detections of several images: one ``detector.detect_batch`` call where the detector has
+    it (the fast MTCNN batches R-/O-Net across the images), else ``detect`` image by image."""
+    batch = getattr(detector, "detect_batch", None)
+    return batch(images) if batch is not None else [detector.detect(im) for im in images]
+
+
 def register_detector(name: str, factory: Callable[..., FaceDetector] | str) -> None:
     """Make ``create_detector(name, **kw)`` build ``factory(**kw)`` (registry kind ``detector``)."""
     from fuseface import registry

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fuseface.align.detector import FaceDetector, LandmarkFile, select_faces
+from fuseface.align.detector import FaceDetector, LandmarkFile, as_detector, detect_all, is_detector, select_faces
 from fuseface.align.mtcnn import Detections
 from fuseface.align.similarity import align_face
 from fuseface.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, read_image, swap_red_blue
@@ -195,8 +195,7 @@ def detect_and_align(
             out.append(([], ""))
         except DataError as exc:
             out.append(([], str(exc)))
-    batch = getattr(detector, "detect_batch", None)
-    dets = iter(batch(images) if batch is not None else [detector.detect(im) for im in images])
+    dets = iter(detect_all(detector, images))
     pictures = iter(images)
     for k, (_, error) in enumerate(out):
         if not error:
@@ -228,29 +227,27 @@ def _aligned_photos(
             yield rel, faces, error
         return
     units = [todo[a : a + ALIGN_UNIT] for a in range(0, len(todo), ALIGN_UNIT)]
-    paths = ([str(root / r) for r in unit] for unit in units)
     if not units:
         return
-    if workers == 0:
-        if detector is None or isinstance(detector, type) or not hasattr(detector, "detect"):
-            from fuseface.align.mtcnn import MTCNN
+    from fuseface.align.mtcnn import MTCNN
 
-            detector = (detector or MTCNN)()  # type: ignore[operator]  # a factory or the default
-        done = (detect_and_align(p, detector, policy, size) for p in paths)  # type: ignore[arg-type]
+    source = detector or MTCNN
+    paths = ([str(root / r) for r in unit] for unit in units)
+    if workers == 0:
+        found = as_detector(source)
+        done = (detect_and_align(p, found, policy, size) for p in paths)
         for unit, results in zip(units, done, strict=True):
             yield from ((rel, faces, error) for rel, (faces, error) in zip(unit, results, strict=True))
         return
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
-    from fuseface.align.mtcnn import MTCNN
     from fuseface.parallel import default_start_method, init_worker_with, ordered_map, process_context
 
-    factory = detector or MTCNN
-    if hasattr(factory, "detect") and not isinstance(factory, type):
+    if is_detector(source):
         raise ConfigError("align_folder: workers > 0 needs a detector factory (a class or a function), not a detector")
     ctx = process_context(default_start_method(), _PRELOAD)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_with, initargs=(factory,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_with, initargs=(source,)) as pool:
         fn = partial(_detect_and_align_in_worker, policy=policy, size=size)
         broken = "a detection worker process died; the photos already in faces.jsonl are kept: run again to resume"
         done = ordered_map(fn, paths, pool, max_in_flight=4 * workers, broken=broken)

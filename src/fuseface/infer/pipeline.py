@@ -129,6 +129,7 @@ def prepare_photos(
     (:func:`fuseface.align.pipeline.align_detections`). ``detector`` may be a zero-argument
     factory, called only when some input needs detection. Errors never raise: they are recorded.
     """
+    from fuseface.align.detector import as_detector, detect_all
     from fuseface.align.pipeline import align_detections
 
     out: list[PreparedPhoto] = [PreparedPhoto(None) for _ in items]
@@ -149,11 +150,7 @@ def prepare_photos(
         to_detect.append((i, name, image))
     if not to_detect:
         return out
-    if isinstance(detector, type) or not hasattr(detector, "detect"):
-        detector = detector()  # type: ignore[operator]  # a factory (a class or a function)
-    images = [image for _, _, image in to_detect]
-    batch = getattr(detector, "detect_batch", None)
-    dets = batch(images) if batch is not None else [detector.detect(im) for im in images]  # type: ignore[union-attr]
+    dets = detect_all(as_detector(detector), [image for _, _, image in to_detect])
     for (i, name, image), det in zip(to_detect, dets, strict=True):
         faces = align_detections(image, det, policy=policy, size=size, template=template)
         if faces:

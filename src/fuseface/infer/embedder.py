@@ -117,8 +117,7 @@ class FaceModel:
             )
         if path is None:
             path = Path(tempfile.mkdtemp(prefix="fuseface-int8-")) / "model.int8.onnx"
-        self.net = net  # to_input matches the fp32 network's dtype and memory format
-        calib = self.to_input(crops).float().cpu().numpy()
+        calib = to_input_tensor(crops, self.meta.channel_order, **self.meta.pixel_norm()).numpy()
         return OnnxBackbone(quantize_backbone(net, calib, path, self.input_size, method=method), self.input_size)
 
     @property

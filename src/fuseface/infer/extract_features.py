@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from fuseface.data.transforms import CAFaceAugmenter, Degradation
 from fuseface.errors import ConfigError, DataError
 from fuseface.infer.model_file import ModelMeta, load_model
 from fuseface.nn.fusion.caface import stage_styles
-from fuseface.parallel import default_start_method, init_worker_process, ordered_map, process_context
+from fuseface.parallel import default_start_method, init_worker_with, ordered_map, process_context, worker_resource
 
 __all__ = [
     "embed_with_styles",
@@ -183,18 +184,11 @@ class _Preparer:
 
 #: Imported once by the fork server, so that the workers start without importing them again.
 _PRELOAD = ("fuseface.infer.extract_features", "fuseface.data.recordio", "fuseface.data.photo_sets", "cv2")
-_WORKER: dict[str, _Preparer] = {}
-
-
-def _init_worker(preparer: _Preparer) -> None:
-    """Worker initialiser: one thread each (:func:`fuseface.parallel.init_worker_process`), and
-    the preparer (source, augmenter, degradation) kept for every chunk."""
-    init_worker_process()
-    _WORKER["prepare"] = preparer
 
 
 def _prepare_in_worker(bounds: tuple[int, int]) -> list[_PreparedImage]:
-    return _WORKER["prepare"](bounds)
+    """A worker's chunk, prepared by its :class:`_Preparer` (:func:`fuseface.parallel.worker_resource`)."""
+    return worker_resource()(bounds)
 
 
 def extract_features(
@@ -228,9 +222,10 @@ def extract_features(
 
     ``workers > 0`` reads and augments the images in that many worker processes while this one
     embeds (see the module docstring; ``chunk_size`` images per work unit); the store is the same
-    as with ``workers=0``, which does everything here. The source, ``degradation`` and the
-    augmenter are pickled to each worker once. This process keeps its torch threads (``threads``):
-    on a machine with few cores give it the cores the workers leave.
+    as with ``workers=0``, which does everything here. The source and ``degradation`` are pickled
+    to each worker once; each worker builds its own :class:`_Preparer` from them. This process
+    keeps its torch threads (``threads``): on a machine with few cores give it the cores the
+    workers leave.
 
     ``degradation``: instead of the CAFace precompute augmentations, copy ``c`` (1..A) of image
     ``i`` is ``degradation.apply(image, default_rng([seed, i, c]))`` (e.g.
@@ -277,7 +272,7 @@ def extract_features(
     pending = writer.pending()
     todo = pending if max_shards is None else pending[: max(0, max_shards)]
     chunks = [(a, min(a + chunk_size, stop)) for _, start, stop in todo for a in range(start, stop, chunk_size)]
-    preparer = _Preparer(source, augment_copies, seed, degradation)
+    make_preparer = partial(_Preparer, source, augment_copies, seed, degradation)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -288,10 +283,12 @@ def extract_features(
     try:
         if workers > 0 and chunks:
             ctx = process_context(default_start_method(), _PRELOAD)
-            executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(preparer,))
+            executor = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=init_worker_with, initargs=(make_preparer,)
+            )
         in_flight = 2 * workers + -(-batch_size // (copies * chunk_size))
         broken = "a feature-extraction worker process died; the shards written so far are kept: run again to resume"
-        prepare = _prepare_in_worker if executor is not None else preparer
+        prepare = _prepare_in_worker if executor is not None else make_preparer()
         images = chain.from_iterable(ordered_map(prepare, chunks, executor, in_flight, broken))
         for shard_id, start, stop in todo:
             feats = np.zeros((stop - start, copies, spec.feature_dim), np.float32)

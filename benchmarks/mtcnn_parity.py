@@ -8,7 +8,7 @@ Both engines (``MTCNN(engine="reference")``, the straightforward cascade, and th
 ``engine="fast"``) run the same job over the same photos, taking turns block by block (``--block``
 photos, so that both see the same machine load): read + detect +
 align (``--policy central``, the ArcFace 112x112 crop), in ``--workers`` worker processes of one
-thread each, photos in units of 8 (:func:`fuseface.infer.pipeline.prepare_photos`: the fast engine
+thread each, photos in units of 8 (one :func:`fuseface.align.detector.detect_all` call: the fast engine
 batches R-/O-Net across a unit). Every detection of every photo is recorded, so the comparison
 covers all faces, not only the aligned one: the same photos with a face, the same number of faces
 per photo, and each reference face's box and landmarks within ``--tol`` pixels (1) of the nearest
@@ -29,6 +29,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,56 +40,51 @@ RESULTS = ROOT / "benchmarks" / "results" / "mtcnn_parity.json"
 UNIT = 8
 ENGINES = ("reference", "fast")
 
-_DETECTOR: list[Any] = []
 
-
-def _init_worker(engine: str) -> None:
-    import cv2
-    import torch
-
+def _warm_detector(engine: str) -> Any:
+    """A worker's detector, with the fast engine's sessions built by one detection."""
     from fuseface.align.mtcnn import MTCNN
 
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
     detector = MTCNN(engine=engine)
-    detector.detect_batch([np.full((250, 250, 3), 128, np.uint8)])  # builds the fast engine's sessions
-    _DETECTOR.append(detector)
+    detector.detect_batch([np.full((250, 250, 3), 128, np.uint8)])
+    return detector
+
+
+def _start_worker(_: int) -> None:
+    """Builds this worker's detector, then holds it long enough for the other workers to take theirs."""
+    from fuseface.parallel import worker_resource
+
+    worker_resource()
+    time.sleep(0.5)
 
 
 def _detect_unit(paths: list[str]) -> list[dict[str, Any]]:
-    """Read, detect and align one unit of photos; every detection of each photo, the aligned face's
-    index among them, or the error."""
-    from fuseface.infer.pipeline import prepare_photos
+    """Read, detect (one ``detect_batch`` call) and align one unit of photos: every detection of
+    each photo and the index of the aligned (central) face, or the error."""
+    from fuseface.align.detector import detect_all, select_faces
+    from fuseface.align.pipeline import read_photo
+    from fuseface.align.similarity import align_face
+    from fuseface.errors import DataError
+    from fuseface.parallel import worker_resource
 
-    detector = _DETECTOR[0]
-    records: list[dict[str, Any]] = []
-    seen: list[Any] = []
-
-    class Recording:
-        """Passes ``detect_batch`` through and keeps the raw detections."""
-
-        def detect_batch(self, images: list[np.ndarray]) -> list[Any]:
-            dets = detector.detect_batch(images)
-            seen.extend(dets)
-            return dets
-
-        def detect(self, image: np.ndarray) -> Any:
-            return self.detect_batch([image])[0]
-
-    prepared = prepare_photos(paths, Recording(), 112, "arcface", detect=True, policy="central")
-    dets = iter(seen)
-    for path, photo in zip(paths, prepared, strict=True):
-        rec: dict[str, Any] = {"source": path, "faces": [], "aligned": None, "error": ""}
-        if photo.error.endswith("no face detected") or photo.face is not None:
-            det = next(dets)
-            rec["faces"] = [
-                {"box": det.boxes[k].tolist(), "landmarks": det.landmarks[k].tolist(), "score": float(det.scores[k])}
-                for k in range(len(det))
-            ]
-            if photo.face is not None:
-                rec["aligned"] = int(np.argmin(np.abs(det.boxes - photo.face.box).max(axis=1)))
-        rec["error"] = photo.error
-        records.append(rec)
+    records = [{"source": path, "faces": [], "aligned": None, "error": ""} for path in paths]
+    images: list[tuple[dict[str, Any], np.ndarray]] = []
+    for rec in records:
+        try:
+            images.append((rec, read_photo(rec["source"])))
+        except DataError as exc:
+            rec["error"] = str(exc)
+    dets = detect_all(worker_resource(), [image for _, image in images])
+    for (rec, image), det in zip(images, dets, strict=True):
+        rec["faces"] = [
+            {"box": det.boxes[k].tolist(), "landmarks": det.landmarks[k].tolist(), "score": float(det.scores[k])}
+            for k in range(len(det))
+        ]
+        if len(det) == 0:
+            rec["error"] = f"{rec['source']}: no face detected"
+            continue
+        rec["aligned"] = select_faces(det, image.shape, "central")[0]
+        align_face(image, det.landmarks[rec["aligned"]], 112, "arcface")
     return records
 
 
@@ -110,19 +106,16 @@ class EnginePass:
     not cached yet) and adds its wall time to the pass's clock."""
 
     def __init__(self, engine: str, workers: int, cache: Path) -> None:
-        import multiprocessing
+        from fuseface.parallel import default_start_method, init_worker_with, process_context
 
         self.engine, self.workers, self.cache = engine, workers, cache
         self.done = _load_cache(cache)
         self.seconds, self.timed = 0.0, 0
         self.resumed = len(self.done)
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        self.pool = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker, initargs=(engine,)
-        )
-        # every worker started and its detector built before any clock starts
-        for f in [self.pool.submit(time.sleep, 0.5) for _ in range(workers)]:
-            f.result()
+        factory = partial(_warm_detector, engine)
+        ctx = process_context(default_start_method())
+        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_with, initargs=(factory,))
+        list(self.pool.map(_start_worker, range(workers)))  # every detector built before any clock starts
         cache.parent.mkdir(parents=True, exist_ok=True)
         self.fh = cache.open("a")
 
